@@ -1,0 +1,24 @@
+"""Random pruning: the floor every method must beat."""
+
+from __future__ import annotations
+
+import torch
+from reflow.baselines.base import Method, PruneContext, PruneResult
+from reflow.baselines.registry import register
+from torch import nn
+
+from reflow.masks import global_masks
+
+
+@register
+class RandomPruning(Method):
+    name = "random"
+    summary = "uniformly random weights across all prunable layers (seeded)"
+
+    def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> PruneResult:
+        with ctx.timer.phase("solve"):
+            scores = {
+                name: torch.rand(p.shape, generator=ctx.generator).to(p.device)
+                for name, p in ctx.prunable(model).items()
+            }
+            return PruneResult(global_masks(scores, sparsity))

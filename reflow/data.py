@@ -1,0 +1,255 @@
+"""Datasets by name (`load_dataset`, `list_datasets`) and the batches the harness draws from them.
+
+Small image sets (CIFAR-10 and its JPEG copy) are decoded once into uint8 tensors kept in the
+user cache and normalised per batch; ImageNet streams from an ImageFolder with the standard
+evaluation transforms. Calibration and gradient batches are a seeded sample of the train split;
+evaluation uses the full test split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from reflow import paths
+from reflow.errors import ReflowError, unknown_name
+from reflow.tensor_cache import cached_tensors
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class Split(Protocol):
+    """One split of a dataset that yields normalised float batches for given indices."""
+
+    def __len__(self) -> int: ...
+
+    def batches(self, indices: torch.Tensor, batch_size: int) -> Iterator[Batch]: ...
+
+
+@dataclass
+class TensorSplit:
+    """Decoded uint8 images in memory (N, C, H, W), normalised batch by batch."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, indices: torch.Tensor, batch_size: int) -> Iterator[Batch]:
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        for chunk in indices.split(batch_size):
+            x = self.images[chunk]
+            if x.dtype == torch.uint8:
+                x = x.float().div_(255.0)
+            yield (x - mean) / std, self.labels[chunk]
+
+
+@dataclass
+class FolderSplit:
+    """An ImageFolder decoded on the fly by DataLoader workers (for ImageNet-sized data)."""
+
+    folder: torch.utils.data.Dataset
+    workers: int = min(8, os.cpu_count() or 1)
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def batches(self, indices: torch.Tensor, batch_size: int) -> Iterator[Batch]:
+        subset = torch.utils.data.Subset(self.folder, indices.tolist())
+        loader = torch.utils.data.DataLoader(
+            subset, batch_size=batch_size, num_workers=self.workers
+        )
+        yield from loader
+
+
+@dataclass
+class ImageData:
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+    root: Path | None
+
+    def test_batches(self, batch_size: int = 500) -> Iterator[Batch]:
+        """The whole test split in a fixed shuffled order, so any prefix mixes the classes."""
+        order = torch.randperm(len(self.test), generator=torch.Generator().manual_seed(0))
+        return self.test.batches(order, batch_size)
+
+    def train_sample(self, n_batches: int, batch_size: int, seed: int, stream: str) -> list[Batch]:
+        """``n_batches`` batches drawn without replacement from the train split.
+
+        ``stream`` names the use (``"calibration"``, ``"gradients"``) so that different uses with
+        the same seed draw different, independent samples.
+        """
+        need = n_batches * batch_size
+        if need > len(self.train):
+            raise ReflowError(
+                f"{n_batches} batches of {batch_size} need {need} train images but {self.name} "
+                f"has {len(self.train)}; ask for fewer batches or a smaller batch size"
+            )
+        generator = torch.Generator().manual_seed(_stream_seed(seed, stream))
+        order = torch.randperm(len(self.train), generator=generator)[:need]
+        return list(self.train.batches(order, batch_size))
+
+
+def _stream_seed(seed: int, stream: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{stream}".encode()).digest()[:8], "little") >> 1
+
+
+def _image_files(split_dir: Path) -> tuple[list[Path], list[int], list[str]]:
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    files, labels = [], []
+    for label, cls in enumerate(classes):
+        names = sorted(e.name for e in os.scandir(split_dir / cls) if e.is_file())
+        files += [split_dir / cls / n for n in names]
+        labels += [label] * len(names)
+    return files, labels, classes
+
+
+def _fingerprint(files: list[Path]) -> str:
+    """Cheap identity of a folder of images: names and sizes, no decoding."""
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f"{f.parent.name}/{f.name}:{f.stat().st_size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _decode_folder(files: list[Path], labels: list[int], desc: str) -> dict[str, torch.Tensor]:
+    """Decode with PIL, the loader torchvision's ImageFolder uses, so pixels match it exactly."""
+    first = np.asarray(Image.open(files[0]).convert("RGB"))
+    images = np.empty((len(files), *first.shape), dtype=np.uint8)
+    for i, f in enumerate(tqdm(files, desc=desc, unit="img", mininterval=1.0)):
+        with Image.open(f) as img:
+            images[i] = np.asarray(img.convert("RGB"))
+    return {
+        "images": torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+    }
+
+
+def _require_dir(path: Path, how_to_get: str) -> Path:
+    if not path.is_dir():
+        raise ReflowError(f"data folder not found: {path}. {how_to_get}")
+    return path
+
+
+def _cifar10_jpeg(root: Path, input_size: int) -> ImageData:
+    base = root / "cifar10-jpeg"
+    how = (
+        "It holds CIFAR-10 as JPEG files in ImageFolder layout (train/<class>/*.jpg, test/...); "
+        "set REFLOW_HOME (e.g. REFLOW_HOME=../shared) or pass --data-root; see datasets/README.md."
+    )
+    splits = {}
+    for split in ("train", "test"):
+        files, labels, classes = _image_files(_require_dir(base / split, how))
+        if tuple(classes) != CIFAR10_CLASSES:
+            raise ReflowError(
+                f"{base / split} has classes {classes}, expected {list(CIFAR10_CLASSES)}"
+            )
+        key = f"cifar10-jpeg-{split}-{_fingerprint(files)}"
+        tensors = cached_tensors(
+            key, lambda f=files, y=labels, s=split: _decode_folder(f, y, f"decode {s}")
+        )
+        splits[split] = TensorSplit(tensors["images"], tensors["labels"])
+    return ImageData("cifar10-jpeg", splits["train"], splits["test"], 10, base)
+
+
+def _cifar10(root: Path, input_size: int) -> ImageData:
+    from torchvision.datasets import CIFAR10
+
+    base = root / "cifar10"
+    splits = {}
+    for split in ("train", "test"):
+        try:
+            ds = CIFAR10(str(base), train=split == "train", download=True)
+        except Exception as exc:
+            raise ReflowError(
+                f"CIFAR-10 not found in {base} and the download failed ({exc}). Without internet, "
+                "use --dataset cifar10-jpeg, or place cifar-10-batches-py in that folder."
+            ) from exc
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        splits[split] = TensorSplit(images, torch.tensor(ds.targets, dtype=torch.int64))
+    return ImageData("cifar10", splits["train"], splits["test"], 10, base)
+
+
+def _imagenet(root: Path, input_size: int) -> ImageData:
+    from torchvision import datasets, transforms
+
+    base = root / "imagenet"
+    how = "Expected ImageFolder layout train/<wnid>/*.JPEG and val/<wnid>/*.JPEG; pass --data-root."
+    transform = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(input_size),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    train = datasets.ImageFolder(str(_require_dir(base / "train", how)), transform=transform)
+    test = datasets.ImageFolder(str(_require_dir(base / "val", how)), transform=transform)
+    return ImageData("imagenet", FolderSplit(train), FolderSplit(test), 1000, base)
+
+
+def synthetic(
+    input_size: int, num_classes: int = 10, n_train: int = 6400, n_test: int = 1000
+) -> ImageData:
+    """Random standard-normal images with random labels: shapes for timing, no meaning."""
+    generator = torch.Generator().manual_seed(0)
+
+    def split(n: int) -> TensorSplit:
+        x = torch.randn(n, 3, input_size, input_size, generator=generator)
+        y = torch.randint(num_classes, (n,), generator=generator)
+        return TensorSplit(x, y, mean=(0.0,) * 3, std=(1.0,) * 3)
+
+    return ImageData("synthetic", split(n_train), split(n_test), num_classes, None)
+
+
+def _synthetic(root: Path, input_size: int) -> ImageData:
+    return synthetic(input_size, num_classes=1000 if input_size > 64 else 10)
+
+
+_LOADERS: dict[str, Callable[[Path, int], ImageData]] = {
+    "cifar10": _cifar10,
+    "cifar10-jpeg": _cifar10_jpeg,
+    "imagenet": _imagenet,
+    "synthetic": _synthetic,
+}
+
+
+def list_datasets() -> list[str]:
+    return list(_LOADERS)
+
+
+def load_dataset(name: str, root: Path | None = None, input_size: int = 32) -> ImageData:
+    """Load dataset ``name`` from ``root`` (default: `reflow.paths.data_root`)."""
+    if name not in _LOADERS:
+        raise unknown_name("dataset", name, _LOADERS)
+    return _LOADERS[name](Path(root) if root else paths.data_root(), input_size)

@@ -1,0 +1,131 @@
+"""Masks keyed by parameter name, the explicit prunable scope, and sparsity accounting.
+
+A mask is a bool tensor shaped like its weight (True = keep). Scopes name which weights may be
+pruned, because published methods differ here and the choice moves accuracy:
+
+- ``all``: every conv and linear weight;
+- ``blocks``: WoodFisher/CBS convention: the convolutions inside residual blocks only
+  (no first conv, no classifier, no downsample/shortcut convs);
+- ``chita``: as ``all`` but without downsample/shortcut convs (first conv and classifier kept).
+
+Achieved sparsity is always stated against the prunable weights of the scope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from reflow.errors import ReflowError, unknown_name
+
+Masks = dict[str, torch.Tensor]
+SCOPES = ("all", "blocks", "chita")
+_SHORTCUT_WORDS = ("downsample", "shortcut")
+
+
+def _is_shortcut(name: str) -> bool:
+    return any(word in name.split(".") for word in _SHORTCUT_WORDS)
+
+
+def prunable_parameters(model: nn.Module, scope: str = "all") -> dict[str, nn.Parameter]:
+    """The weights that ``scope`` allows to prune, by parameter name, in module order."""
+    if scope not in SCOPES:
+        raise unknown_name("scope", scope, SCOPES)
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    if not layers:
+        raise ReflowError(f"{type(model).__name__} has no Conv2d or Linear layer to prune")
+    convs = [n for n, m in layers if isinstance(m, nn.Conv2d)]
+    stem = convs[0] if convs else None
+    chosen = {}
+    for name, module in layers:
+        is_conv = isinstance(module, nn.Conv2d)
+        if scope == "blocks" and (not is_conv or name == stem or _is_shortcut(name)):
+            continue
+        if scope == "chita" and _is_shortcut(name):
+            continue
+        chosen[f"{name}.weight" if name else "weight"] = module.weight
+    return chosen
+
+
+def check_sparsity(sparsity: float) -> float:
+    if not 0.0 <= sparsity < 1.0:
+        raise ReflowError(
+            f"sparsity must be in [0, 1), got {sparsity}; e.g. 0.9 prunes 90% of the weights"
+        )
+    return float(sparsity)
+
+
+def count_to_prune(total: int, sparsity: float) -> int:
+    """Weights to remove for a target sparsity, rounded as torch.nn.utils.prune does."""
+    return round(check_sparsity(sparsity) * total)
+
+
+def global_masks(scores: Mapping[str, torch.Tensor], sparsity: float) -> Masks:
+    """Keep the highest-scoring weights across all layers; prune the ``sparsity`` share lowest.
+
+    Uses the same concatenation order and ``topk(largest=False)`` as
+    ``torch.nn.utils.prune.global_unstructured`` so that magnitude scores give identical masks.
+    """
+    flat = torch.cat([s.reshape(-1) for s in scores.values()])
+    k = count_to_prune(flat.numel(), sparsity)
+    keep = torch.ones_like(flat, dtype=torch.bool)
+    if k:
+        keep[torch.topk(flat, k, largest=False).indices] = False
+    sizes = [s.numel() for s in scores.values()]
+    return {
+        name: part.view_as(scores[name])
+        for name, part in zip(scores, keep.split(sizes), strict=True)
+    }
+
+
+def layerwise_masks(scores: Mapping[str, torch.Tensor], sparsity: float) -> Masks:
+    """Prune the same share of every layer (``round(sparsity * n_layer)`` lowest scores)."""
+    masks = {}
+    for name, s in scores.items():
+        keep = torch.ones(s.numel(), dtype=torch.bool, device=s.device)
+        k = count_to_prune(s.numel(), sparsity)
+        if k:
+            keep[torch.topk(s.reshape(-1), k, largest=False).indices] = False
+        masks[name] = keep.view_as(s)
+    return masks
+
+
+def apply_masks(model: nn.Module, masks: Masks) -> None:
+    """Zero the pruned weights in place."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            params[name].mul_(mask.to(params[name].device, params[name].dtype))
+
+
+@dataclass(frozen=True)
+class SparsityReport:
+    pruned: int
+    total: int
+
+    @property
+    def sparsity(self) -> float:
+        return self.pruned / self.total if self.total else 0.0
+
+
+def sparsity_of(masks: Masks) -> SparsityReport:
+    """Achieved sparsity; the denominator is the prunable weights the masks cover."""
+    total = sum(m.numel() for m in masks.values())
+    kept = sum(int(m.sum()) for m in masks.values())
+    return SparsityReport(total - kept, total)
+
+
+def layer_densities(masks: Masks) -> dict[str, float]:
+    """Share of weights kept in each layer (0.0 = the layer was emptied: layer collapse)."""
+    return {name: float(m.float().mean()) for name, m in masks.items()}
+
+
+def hamming_distance(a: Masks, b: Masks) -> float:
+    """Normalised Hamming distance between two masks over the same weights (0 = identical)."""
+    if a.keys() != b.keys():
+        raise ReflowError("masks cover different weights; compare masks from the same scope")
+    differ = sum(int((a[n] != b[n]).sum()) for n in a)
+    return differ / sum(m.numel() for m in a.values())
