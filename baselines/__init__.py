@@ -3,7 +3,12 @@
 Each module registers its methods; add a new method by writing a module and importing it here.
 """
 
-from reflow.baselines import magnitude, random_pruning  # noqa: F401  (registers methods)
+from reflow.baselines import (  # noqa: F401  (importing a module registers its methods)
+    magnitude,
+    min_threshold,
+    random_pruning,
+    snip,
+)
 from reflow.baselines.base import Method, NoConfig, PruneContext, PruneResult, option
 from reflow.baselines.registry import get_method, get_method_class, list_methods, register
 

@@ -38,31 +38,33 @@ class Evaluation:
 
 
 class _VarianceAccumulator:
-    """Running variance over all elements, combined across batches (Chan et al.'s formula).
+    """Variance over all elements of every batch seen, by the shifted-data algorithm.
 
-    Each batch is centred on its own mean before squaring, so the variance stays accurate when it
-    is tiny next to the mean, which is exactly the collapsed case this probe exists to measure.
+    Each output is shifted by a fixed value near its mean (the first batch's mean, kept in the
+    output's dtype so the same number is subtracted every time) before summing, so the variance
+    stays accurate when it is tiny next to the mean: exactly the collapsed case this probe exists
+    to measure, where E[x²] - E[x]² would cancel to noise.
     """
 
     def __init__(self) -> None:
+        self.shift: torch.Tensor | None = None
         self.count = 0
-        self.mean = 0.0
-        self.m2 = 0.0
+        self.sum = 0.0
+        self.sumsq = 0.0
 
     def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         out = output.detach()
-        n = out.numel()
-        batch_mean = float(out.mean())
-        batch_m2 = float((out - batch_mean).square().sum())
-        total = self.count + n
-        delta = batch_mean - self.mean
-        self.mean += delta * n / total
-        self.m2 += batch_m2 + delta * delta * self.count * n / total
-        self.count = total
+        if self.shift is None:
+            self.shift = out.mean()
+        centred = out - self.shift
+        self.sum += float(centred.sum())
+        self.sumsq += float(centred.square().sum())
+        self.count += out.numel()
 
     @property
     def variance(self) -> float:
-        return self.m2 / self.count
+        mean = self.sum / self.count
+        return self.sumsq / self.count - mean * mean
 
 
 @contextmanager

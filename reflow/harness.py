@@ -357,10 +357,13 @@ def _result_row(
     timer: PhaseTimer,
 ) -> dict:
     report = sparsity_of(result.masks)
+    densities = layer_densities(result.masks)
     dense = setup.dense
     row = _provenance(setup, key, config) | {
         "sparsity_achieved": report.sparsity,
         "prunable_params": report.total,
+        "min_layer_density": min(densities.values()),
+        "layers_emptied": sum(d == 0.0 for d in densities.values()),
         "top1": ev.top1,
         "top5": ev.top5,
         "loss": ev.loss,

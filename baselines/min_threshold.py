@@ -1,0 +1,63 @@
+"""Global magnitude pruning with a Minimum Threshold (Gupta et al., "Is Complex Pruning
+Necessary?"): global |w| ranking, but every layer keeps at least a minimum number of weights, so
+no layer is emptied at high sparsity (layer collapse). The target is still met exactly by pruning
+more elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from reflow.baselines.base import Method, PruneContext, PruneResult, option
+from reflow.baselines.magnitude import magnitude_scores
+from reflow.baselines.registry import register
+from torch import nn
+
+from reflow.errors import ReflowError
+from reflow.masks import count_to_prune, global_masks
+
+
+@dataclass(frozen=True)
+class MinThresholdConfig:
+    min_density: float = option(0.01, "share of every layer's weights always kept")
+    min_count: int = option(0, "number of weights every layer always keeps (the larger rule wins)")
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_density <= 1.0:
+            raise ReflowError(f"mp_mt.min_density must be in [0, 1], got {self.min_density}")
+        if self.min_count < 0:
+            raise ReflowError(f"mp_mt.min_count must be >= 0, got {self.min_count}")
+
+
+def minimum_kept(n: int, config: MinThresholdConfig) -> int:
+    return min(n, max(config.min_count, math.ceil(config.min_density * n)))
+
+
+@register
+class MinThresholdMagnitude(Method):
+    name = "mp_mt"
+    summary = "global magnitude with a minimum kept per layer (Gupta et al.)"
+    Config = MinThresholdConfig
+
+    def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> PruneResult:
+        with ctx.timer.phase("solve"):
+            scores = magnitude_scores(model, ctx)
+            total = sum(s.numel() for s in scores.values())
+            protected = {n: minimum_kept(s.numel(), self.config) for n, s in scores.items()}
+            prunable = total - sum(protected.values())
+            if count_to_prune(total, sparsity) > prunable:
+                kept = sum(protected.values())
+                raise ReflowError(
+                    f"mp_mt cannot reach sparsity {sparsity} while keeping {kept} "
+                    f"of {total} weights as layer minimums (at most {prunable / total:.4f} is "
+                    "possible); lower mp_mt.min_density / mp_mt.min_count or the sparsity"
+                )
+            for name, s in scores.items():
+                flat = s.reshape(-1).clone()
+                if protected[name]:
+                    flat[torch.topk(flat, protected[name]).indices] = torch.inf
+                scores[name] = flat.view_as(s)
+            masks = global_masks(scores, sparsity)
+        return PruneResult(masks, {"protected_weights": sum(protected.values())})

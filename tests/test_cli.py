@@ -1,0 +1,93 @@
+import pytest
+
+from reflow.cli import main
+
+RUN = [
+    "run",
+    "--model",
+    "resnet20",
+    "--dataset",
+    "synthetic",
+    "--method",
+    "mp",
+    "--repair",
+    "none,reflow",
+    "--sparsity",
+    "0.5,0.9",
+    "--calib-batches",
+    "2",
+    "--calib-batch-size",
+    "16",
+    "--probe-samples",
+    "100",
+    "--no-progress",
+]
+
+
+def test_help_lists_commands(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("run", "table", "collapse", "list"):
+        assert command in out
+
+
+def test_list(capsys) -> None:
+    assert main(["list", "--verbose"]) == 0
+    out = capsys.readouterr().out
+    for word in ("mp", "random", "reflow", "adabn", "bnt", "resnet20", "cifar10-jpeg", "synthetic"):
+        assert word in out
+
+
+def test_run_table_collapse(tmp_path, capsys) -> None:
+    assert main([*RUN, "--out", str(tmp_path)]) == 0
+    assert "4 rows run (0 with errors)" in capsys.readouterr().out
+    assert main([*RUN, "--out", str(tmp_path)]) == 0
+    assert "0 rows run (0 with errors), 4 already done" in capsys.readouterr().out
+    assert main(["table", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| sparsity |" in out.replace("  ", " ").replace("  ", " ") or "sparsity" in out
+    assert "mp+reflow" in out and "**" in out
+    assert main(["table", str(tmp_path), "--format", "latex"]) == 0
+    assert r"\textbf{" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "collapse",
+                str(tmp_path),
+                "--model",
+                "resnet20",
+                "--method",
+                "mp",
+                "--sparsity",
+                "0.9",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "layer3.2.bn2" in out and "reflow" in out and "layers emptied" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "magnitude"], "unknown method 'magnitude'; valid methods:"),
+        (["--sparsity", "1.2"], "sparsity must be in [0, 1)"),
+        (["--set", "mp.nothing=1"], "has no option 'nothing'"),
+        (["--set", "broken"], "--set takes METHOD.OPTION=VALUE"),
+        (["--checkpoint", "/no/such/file.pt"], "checkpoint file not found"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_message(args, message, tmp_path, capsys) -> None:
+    argv = [*RUN, "--out", str(tmp_path / "out"), *args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "results.csv").exists()
+
+
+def test_table_on_missing_folder(tmp_path, capsys) -> None:
+    assert main(["table", str(tmp_path / "nope")]) == 2
+    assert "no results in" in capsys.readouterr().err

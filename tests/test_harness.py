@@ -1,0 +1,148 @@
+"""End-to-end harness on synthetic data: determinism, resume after a kill, error rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reflow import harness
+from reflow.errors import ReflowError
+from reflow.harness import Grid, Settings, run_grid
+from reflow.results import ResultStore
+
+FAST = Settings(calib_batches=2, calib_batch_size=16, eval_batch_size=500, probe_samples=200)
+GRID = Grid(("resnet20",), ("synthetic",), ("mp", "random"), ("none", "reflow"), (0.5, 0.9), (0,))
+
+
+def test_grid_rows_and_columns(tmp_path) -> None:
+    counts = run_grid(GRID, ResultStore(tmp_path), FAST, progress=False)
+    assert counts == {"done_before": 0, "ran": 8, "errors": 0}
+    store = ResultStore(tmp_path, create=False)
+    frame = store.read()
+    required = {
+        "model",
+        "dataset",
+        "method",
+        "repair",
+        "sparsity",
+        "sparsity_achieved",
+        "seed",
+        "top1",
+        "dense_top1",
+        "t_select",
+        "t_apply",
+        "t_repair",
+        "t_evaluate",
+        "calib_samples",
+        "git_commit",
+        "torch",
+        "device",
+        "config",
+        "config_hash",
+        "error",
+    }
+    assert required <= set(frame.columns)
+    assert len(frame) == 8 and frame["error"].isna().all()
+    assert (frame["sparsity_achieved"] - frame["sparsity"]).abs().max() < 1e-4
+    assert set(frame.loc[frame.repair == "reflow", "calib_samples"]) == {32}
+    assert set(frame.loc[frame.repair == "none", "calib_samples"]) == {0}
+    probes = store.read("probes")
+    assert len(probes) == 8 * 19  # every BN layer of every row
+    assert len(store.read("layers")) == 8 * 20
+
+
+def test_same_seed_same_results(tmp_path) -> None:
+    grid = Grid(("resnet20",), ("synthetic",), ("random",), ("reflow",), (0.5,), (1,))
+    run_grid(grid, ResultStore(tmp_path / "a"), FAST, progress=False)
+    run_grid(grid, ResultStore(tmp_path / "b"), FAST, progress=False)
+    a, b = (ResultStore(tmp_path / x).read() for x in "ab")
+    assert a["top1"].tolist() == b["top1"].tolist()
+    assert a["loss"].tolist() == b["loss"].tolist()
+    pa, pb = (ResultStore(tmp_path / x).read("probes") for x in "ab")
+    assert pa["ratio"].tolist() == pb["ratio"].tolist()
+
+
+def test_interrupted_run_resumes_without_duplicates_or_losses(tmp_path, monkeypatch) -> None:
+    store = ResultStore(tmp_path)
+    original_add = ResultStore.add
+    calls = {"n": 0}
+
+    def add_then_die(self, row, probes=(), layers=()):
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # killed while the fourth row is being written
+        calls["n"] += 1
+        original_add(self, row, probes, layers)
+
+    monkeypatch.setattr(ResultStore, "add", add_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(GRID, store, FAST, progress=False)
+    monkeypatch.setattr(ResultStore, "add", original_add)
+    assert len(store.read()) == 3
+    counts = run_grid(GRID, store, FAST, progress=False)
+    assert counts["done_before"] == 3 and counts["ran"] == 5
+    frame = store.read()
+    assert len(frame) == 8
+    keys = frame[["method", "repair", "sparsity"]].apply(tuple, axis=1)
+    assert keys.is_unique
+    assert run_grid(GRID, store, FAST, progress=False)["ran"] == 0
+
+
+def test_changed_settings_are_new_rows(tmp_path) -> None:
+    grid = Grid(("resnet20",), ("synthetic",), ("mp",), ("reflow",), (0.5,))
+    run_grid(grid, ResultStore(tmp_path), FAST, progress=False)
+    other = Settings(calib_batches=3, calib_batch_size=16, probe_samples=0)
+    assert run_grid(grid, ResultStore(tmp_path), other, progress=False)["ran"] == 1
+    assert ResultStore(tmp_path).read()["config_hash"].nunique() == 2
+
+
+def test_failure_in_a_phase_becomes_an_error_row(tmp_path, monkeypatch) -> None:
+    def oom(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(harness, "repair_phase", oom)
+    grid = Grid(("resnet20",), ("synthetic",), ("mp",), ("reflow",), (0.5,))
+    counts = run_grid(grid, ResultStore(tmp_path), FAST, progress=False)
+    assert counts["errors"] == 1
+    frame = ResultStore(tmp_path).read()
+    assert "out of memory" in frame.loc[0, "error"]
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        (
+            Grid(("resnet21",), ("synthetic",), ("mp",), ("none",), (0.5,)),
+            "valid models: .*resnet20",
+        ),
+        (
+            Grid(("resnet20",), ("mnist",), ("mp",), ("none",), (0.5,)),
+            "valid datasets: .*cifar10-jpeg",
+        ),
+        (
+            Grid(("resnet20",), ("synthetic",), ("mpx",), ("none",), (0.5,)),
+            "valid methods: .*mp_layer",
+        ),
+        (Grid(("resnet20",), ("synthetic",), ("mp",), ("fix",), (0.5,)), "valid repairs: .*reflow"),
+        (
+            Grid(("resnet20",), ("synthetic",), ("mp",), ("none",), (1.0,)),
+            r"sparsity must be in \[0, 1\)",
+        ),
+    ],
+)
+def test_bad_grid_fails_before_running(grid, message, tmp_path) -> None:
+    with pytest.raises(ReflowError, match=message):
+        run_grid(grid, ResultStore(tmp_path), FAST, progress=False)
+    assert not (tmp_path / "results.csv").exists()
+
+
+def test_bad_settings() -> None:
+    with pytest.raises(ReflowError, match="calib_batches must be at least 1"):
+        Settings(calib_batches=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_grid_on_gpu(tmp_path) -> None:
+    counts = run_grid(GRID, ResultStore(tmp_path), FAST, device="cuda", progress=False)
+    assert counts["errors"] == 0
+    assert ResultStore(tmp_path).read()["device"].str.contains("cpu").sum() == 0
