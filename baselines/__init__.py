@@ -7,6 +7,7 @@ from reflow.baselines import (  # noqa: F401  (importing a module registers its 
     magnitude,
     min_threshold,
     random_pruning,
+    second_order,
     snip,
 )
 from reflow.baselines.base import Method, NoConfig, PruneContext, PruneResult, option

@@ -37,7 +37,7 @@ from reflow.results import ResultStore, row_key
 from reflow.timing import PhaseTimer
 from reflow.zoo import LoadedModel, checkpoint_label, get_entry, get_model
 
-PHASES = ("select", "collect", "solve", "update", "apply", "repair", "evaluate")
+PHASES = ("select", "collect", "inverse", "solve", "update", "apply", "repair", "evaluate")
 
 
 @dataclass(frozen=True)

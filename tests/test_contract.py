@@ -20,7 +20,7 @@ from reflow.timing import PhaseTimer
 #: Small settings so that data-hungry methods stay fast in unit tests.
 FAST = {
     "snip": {"batches": "2", "batch_size": "8"},
-    "obd": {"num_grads": "16", "block_size": "64"},
+    "obd": {"num_grads": "16"},
     "wf_s": {"num_grads": "16", "block_size": "64"},
     "wf_u": {"num_grads": "16", "block_size": "64"},
     "mp_u": {"num_grads": "16", "block_size": "64"},

@@ -1,0 +1,221 @@
+"""Block-diagonal empirical Fisher and the OBS algebra the second-order baselines share.
+
+F = λI + (1/N) Σ g gᵀ over N gradients (each of the loss on m samples, masked to surviving
+weights), cut into contiguous blocks of B weights that never cross a layer (a layer's last block is
+zero-padded; padding is never selected and never updated). Shaped like SparseGPT's per-layer
+solver: `BlockFisher.add_batch` accumulates, `inverse` solves all blocks in one batched call,
+`free` drops the buffers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from reflow.errors import ReflowError
+
+INVERSES = ("direct", "woodbury")
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Where each layer's weights sit in the (blocks, B) arrangement."""
+
+    names: tuple[str, ...]
+    numels: tuple[int, ...]
+    shapes: tuple[torch.Size, ...]
+    block_size: int
+
+    @classmethod
+    def of(cls, params: dict[str, torch.Tensor], block_size: int) -> BlockLayout:
+        if block_size < 1:
+            raise ReflowError(f"block_size must be at least 1, got {block_size}")
+        return cls(
+            tuple(params),
+            tuple(p.numel() for p in params.values()),
+            tuple(p.shape for p in params.values()),
+            block_size,
+        )
+
+    @property
+    def blocks_per_layer(self) -> list[int]:
+        return [-(-n // self.block_size) for n in self.numels]
+
+    @property
+    def num_blocks(self) -> int:
+        return sum(self.blocks_per_layer)
+
+    def to_blocks(self, tensors: dict[str, torch.Tensor], batch_dims: int = 0) -> torch.Tensor:
+        """Per-layer tensors (with ``batch_dims`` leading dims) → (..., blocks, B), zero-padded."""
+        parts = []
+        for name, n, nb in zip(self.names, self.numels, self.blocks_per_layer, strict=True):
+            t = tensors[name]
+            flat = t.reshape(*t.shape[:batch_dims], n)
+            pad = nb * self.block_size - n
+            if pad:
+                flat = torch.nn.functional.pad(flat, (0, pad))
+            parts.append(flat.reshape(*t.shape[:batch_dims], nb, self.block_size))
+        return torch.cat(parts, dim=batch_dims)
+
+    def from_blocks(self, blocks: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(blocks, B) → per-layer tensors, padding dropped."""
+        out = {}
+        for part, name, n, shape in zip(
+            blocks.split(self.blocks_per_layer), self.names, self.numels, self.shapes, strict=True
+        ):
+            out[name] = part.reshape(-1)[:n].reshape(shape)
+        return out
+
+    def padding(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Bool (blocks, B): True where a slot is padding, not a weight."""
+        ones = {
+            n: torch.zeros(s, dtype=torch.bool, device=device)
+            for n, s in zip(self.names, self.shapes, strict=True)
+        }
+        real = self.to_blocks({n: ~t for n, t in ones.items()})
+        return ~real
+
+    def fisher_bytes(self, dtype: torch.dtype = torch.float64) -> int:
+        return self.num_blocks * self.block_size**2 * torch.empty((), dtype=dtype).element_size()
+
+
+class BlockFisher:
+    """Accumulates the block-diagonal empirical Fisher and inverts it.
+
+    ``inverse="direct"`` sums G_bᵀG_b per block and inverts λI + F_b/N with one batched Cholesky;
+    ``"woodbury"`` keeps F_b⁻¹ and applies the Sherman–Morrison step of every gradient to all
+    blocks at once (WoodFisher's recursion, starting from I/λ).
+    """
+
+    def __init__(
+        self,
+        layout: BlockLayout,
+        num_grads: int,
+        damp: float,
+        inverse: str = "direct",
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float64,
+        memory_limit_gb: float = 8.0,
+    ) -> None:
+        if inverse not in INVERSES:
+            raise ReflowError(f"inverse must be one of {', '.join(INVERSES)}, got {inverse!r}")
+        if damp <= 0:
+            raise ReflowError(f"damp must be > 0, got {damp}")
+        need = layout.fisher_bytes(dtype) / 2**30
+        if need > memory_limit_gb:
+            raise ReflowError(
+                f"the Fisher blocks need {need:.1f} GiB ({layout.num_blocks} blocks of "
+                f"{layout.block_size}²), over the {memory_limit_gb:.1f} GiB limit; lower block_size"
+                " or raise memory_limit_gb"
+            )
+        self.layout, self.num_grads, self.damp, self.mode = layout, num_grads, damp, inverse
+        self.seen = 0
+        b = layout.block_size
+        eye = torch.eye(b, device=device, dtype=dtype).expand(layout.num_blocks, b, b)
+        self.matrix = eye.clone() / damp if inverse == "woodbury" else torch.zeros_like(eye)
+
+    def add_batch(self, grads: dict[str, torch.Tensor]) -> None:
+        """Add per-sample gradients: each tensor is (c, *param shape)."""
+        g = self.layout.to_blocks(grads, batch_dims=1).to(self.matrix.dtype)  # (c, blocks, B)
+        self.seen += g.shape[0]
+        if self.mode == "direct":
+            self.matrix += torch.einsum("cnb,cnd->nbd", g, g)
+            return
+        for sample in g:  # Sherman–Morrison with F_k = F_{k-1} + g gᵀ / N
+            u = torch.bmm(self.matrix, sample.unsqueeze(-1)).squeeze(-1)  # (blocks, B)
+            denom = self.num_grads + (sample * u).sum(-1)
+            self.matrix -= u.unsqueeze(-1) * u.unsqueeze(-2) / denom[:, None, None]
+
+    def inverse(self) -> torch.Tensor:
+        """F⁻¹ for every block, (blocks, B, B)."""
+        if self.seen != self.num_grads:
+            raise ReflowError(f"Fisher expected {self.num_grads} gradients, got {self.seen}")
+        if self.mode == "woodbury":
+            return self.matrix
+        b = self.layout.block_size
+        fisher = self.matrix / self.num_grads + self.damp * torch.eye(
+            b, dtype=self.matrix.dtype, device=self.matrix.device
+        )
+        return torch.cholesky_inverse(torch.linalg.cholesky(fisher))
+
+    def free(self) -> None:
+        del self.matrix
+
+
+def per_sample_gradients(
+    model: nn.Module,
+    params: dict[str, nn.Parameter],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    group: int = 1,
+    chunk: int = 64,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield gradients of the loss on consecutive groups of ``group`` samples, ``chunk`` at a time.
+
+    Vectorised with ``torch.func.vmap`` over ``grad``; the model runs in eval mode, so BN uses
+    (and never updates) its running statistics.
+    """
+    model.eval()
+    frozen = {
+        k: v.detach()
+        for k, v in {**dict(model.named_parameters()), **dict(model.named_buffers())}.items()
+        if k not in params
+    }
+    names = list(params)
+
+    def loss_of(
+        weights: tuple[torch.Tensor, ...], xs: torch.Tensor, ys: torch.Tensor
+    ) -> torch.Tensor:
+        return loss_fn(
+            functional_call(model, {**frozen, **dict(zip(names, weights, strict=True))}, (xs,)), ys
+        )
+
+    weights = tuple(p.detach() for p in params.values())
+    grad_fn = vmap(grad(loss_of), in_dims=(None, 0, 0))
+    n = x.shape[0] // group
+    xs, ys = x[: n * group].reshape(n, group, *x.shape[1:]), y[: n * group].reshape(n, group)
+    for start in range(0, n, chunk):
+        grads = grad_fn(weights, xs[start : start + chunk], ys[start : start + chunk])
+        yield dict(zip(names, grads, strict=True))
+
+
+def obs_statistic(weights: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """OBS saliency w_q² / (2 [F⁻¹]_qq) per weight; weights (blocks, B), inverse (blocks, B, B)."""
+    return weights.square() / (2 * torch.diagonal(inverse, dim1=-2, dim2=-1))
+
+
+def obs_update_exact(
+    weights: torch.Tensor, inverse: torch.Tensor, pruned: torch.Tensor
+) -> torch.Tensor:
+    """Exact multi-weight OBS: δw = −F⁻¹[:, K] ([F⁻¹]_KK)⁻¹ w_K for the pruned set K of each block.
+
+    Batched over blocks with varying |K| by solving (P F⁻¹ P + (I − P)) z = P w, which is
+    [F⁻¹]_KK ⊕ I in disguise, so z_K = ([F⁻¹]_KK)⁻¹ w_K and z elsewhere is 0.
+    """
+    p = pruned.to(inverse.dtype)
+    system = inverse * p.unsqueeze(-1) * p.unsqueeze(-2) + torch.diag_embed(1 - p)
+    z = torch.linalg.solve(system, (weights * p).unsqueeze(-1))
+    return -torch.bmm(inverse, z).squeeze(-1)
+
+
+def obs_update_woodfisher(
+    weights: torch.Tensor, inverse: torch.Tensor, pruned: torch.Tensor, scale: float = 1.0
+) -> torch.Tensor:
+    """WoodFisher form: the (scaled) sum of independent single-weight OBS updates."""
+    coeff = pruned.to(inverse.dtype) * weights / torch.diagonal(inverse, dim1=-2, dim2=-1)
+    return -scale * torch.bmm(inverse, coeff.unsqueeze(-1)).squeeze(-1)
+
+
+def obs_loss_increase(
+    weights: torch.Tensor, inverse: torch.Tensor, pruned: torch.Tensor
+) -> torch.Tensor:
+    """Predicted loss increase ½ w_Kᵀ ([F⁻¹]_KK)⁻¹ w_K of the exact update, per block."""
+    p = pruned.to(inverse.dtype)
+    system = inverse * p.unsqueeze(-1) * p.unsqueeze(-2) + torch.diag_embed(1 - p)
+    z = torch.linalg.solve(system, (weights * p).unsqueeze(-1)).squeeze(-1)
+    return 0.5 * (weights * p * z).sum(-1)
