@@ -1,0 +1,123 @@
+"""Timing and memory of every harness phase, for every registered method and repair.
+
+Parameterised from the registries, so a new adapter is benchmarked without editing this file.
+``peakmem_*`` includes the ~0.6 GB of importing torch; ``track_*_step_mb`` is the growth of peak
+RSS during the step alone.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from .common import method_names, peak_rss_mb, real_setup, settings
+
+SPARSITY = 0.7
+
+
+class SelectPhase:
+    """``select`` (collect, inverse, solve, update) on resnet20 + cifar10-jpeg."""
+
+    params = (method_names(),)
+    param_names = ["method"]
+    number, repeat, rounds, warmup_time = 1, 1, 1, 0
+    timeout = 900
+
+    def setup(self, method: str) -> None:
+        from reflow import baselines
+        from reflow.timing import PhaseTimer
+
+        self.env = real_setup()
+        self.method = baselines.get_method(method)
+        self.timer = PhaseTimer()
+
+    def _select(self) -> None:
+        from reflow.harness import select_phase
+
+        select_phase(self.env, self.method, SPARSITY, 0, settings(), self.timer)
+
+    def time_select(self, method: str) -> None:
+        self._select()
+
+    def peakmem_select(self, method: str) -> None:
+        self._select()
+
+    def track_select_step_mb(self, method: str) -> float:
+        before = peak_rss_mb()
+        self._select()
+        return peak_rss_mb() - before
+
+    track_select_step_mb.unit = "MB"
+
+    def track_update_seconds(self, method: str) -> float:
+        self._select()
+        return self.timer.seconds.get("update", 0.0)
+
+    track_update_seconds.unit = "seconds"
+
+
+class RepairPhase:
+    """``repair`` on an mp-pruned resnet20, and the bare forward passes it needs, in one process."""
+
+    params = (["reflow", "adabn", "bnt"],)
+    param_names = ["repair"]
+    number, repeat, rounds, warmup_time = 1, 3, 1, 0
+    timeout = 600
+
+    def setup(self, repair: str) -> None:
+        from reflow import baselines
+        from reflow.harness import calibration_batches, select_phase
+        from reflow.timing import PhaseTimer
+
+        self.env = real_setup()
+        self.pruned, _ = select_phase(
+            self.env, baselines.get_method("mp"), SPARSITY, 0, settings(), PhaseTimer()
+        )
+        self.batches = list(calibration_batches(self.env, 0, settings()))
+
+    def time_repair(self, repair: str) -> None:
+        from reflow.recalibrate import apply_repair
+
+        apply_repair(repair, copy.deepcopy(self.pruned), self.batches)
+
+    def time_bare_forward(self, repair: str) -> None:
+        import torch
+
+        with torch.no_grad():
+            for x, _ in self.batches:
+                self.pruned(x)
+
+    def track_repair_over_forward_ratio(self, repair: str) -> float:
+        """Repair time / bare eval-mode forward time over the same images, measured together."""
+        import time
+
+        import torch
+
+        from reflow.recalibrate import apply_repair
+
+        model = copy.deepcopy(self.pruned)
+        start = time.perf_counter()
+        with torch.no_grad():
+            for x, _ in self.batches:
+                model(x)
+        forward = time.perf_counter() - start
+        start = time.perf_counter()
+        apply_repair(repair, model, self.batches)
+        return (time.perf_counter() - start) / forward
+
+    track_repair_over_forward_ratio.unit = "ratio"
+
+
+class EvaluatePhase:
+    """``evaluate``: the full cifar10-jpeg test split with and without the variance probe."""
+
+    params = ([0, 2000, 10000],)
+    param_names = ["probe_samples"]
+    number, repeat, rounds, warmup_time = 1, 2, 1, 0
+
+    def setup(self, probe_samples: int) -> None:
+        self.env = real_setup()
+
+    def time_evaluate(self, probe_samples: int) -> None:
+        from reflow.harness import evaluate_phase
+
+        evaluate_phase(self.env, self.env.model, settings(probe_samples=probe_samples))

@@ -1,0 +1,54 @@
+"""Shared set-up for the asv benchmarks: the harness's own phase functions, no copies."""
+
+from __future__ import annotations
+
+import os
+import resource
+from functools import cache
+from pathlib import Path
+
+#: Methods whose selection needs gradients get smaller but still realistic settings in asv.
+ASV_METHOD_OPTIONS: dict[str, dict[str, str]] = {}
+REAL_MODEL, REAL_DATASET = "resnet20", "cifar10-jpeg"
+SYNTHETIC_MODELS = ("resnet50", "mobilenet_v2")
+
+
+def ensure_home() -> None:
+    """Point REFLOW_HOME at ../shared beside the checkout unless the caller set it."""
+    if "REFLOW_HOME" not in os.environ:
+        for parent in Path(__file__).resolve().parents:
+            if (parent.parent / "shared" / "models").is_dir():
+                os.environ["REFLOW_HOME"] = str(parent.parent / "shared")
+                break
+
+
+def method_names() -> list[str]:
+    from reflow.baselines import list_methods
+
+    return list_methods()
+
+
+def data_free_methods() -> list[str]:
+    from reflow.baselines import get_method_class, list_methods
+
+    return [m for m in list_methods() if not get_method_class(m).needs]
+
+
+@cache
+def real_setup():
+    from reflow.harness import evaluate_phase, load_setup
+
+    ensure_home()
+    setup = load_setup(REAL_MODEL, REAL_DATASET)
+    setup.dense = evaluate_phase(setup, setup.model, settings())
+    return setup
+
+
+def settings(**changes):
+    from reflow.harness import Settings
+
+    return Settings(method_options=ASV_METHOD_OPTIONS, **changes)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
