@@ -242,6 +242,48 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from reflow.sweep import load_sweep, run_sweep
+
+    experiments = load_sweep(args.config)
+    total = sum(e.size() for e in experiments)
+    print(f"{len(experiments)} experiments, {total} rows into {args.out}")
+    if args.dry_run:
+        for e in experiments:
+            print(f"  {e.name}: {e.size()} rows")
+        return 0
+    start = time.perf_counter()
+    counts = run_sweep(
+        experiments,
+        ResultStore(args.out),
+        pick_device(args.device),
+        args.data_root,
+        progress=not args.no_progress,
+    )
+    print(
+        f"{counts['ran']} rows run ({counts['errors']} with errors), {counts['done_before']} "
+        f"already done, in {time.perf_counter() - start:.1f} s"
+    )
+    return 1 if counts["errors"] else 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from reflow.plots import plot_all
+
+    store = ResultStore(args.folder, create=False)
+    written = plot_all(store.read(), store.read("probes"), args.out, args.only)
+    for name, paths in written.items():
+        print(f"{name:<20} " + (", ".join(map(str, paths)) if paths else "skipped: no rows for it"))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from reflow.report import write_report
+
+    print(f"wrote {write_report(args.folder, args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reflow",
@@ -266,6 +308,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", "-v", action="store_true", help="print every layer's density")
     p.set_defaults(func=_cmd_collapse)
 
+    p = sub.add_parser(
+        "sweep",
+        help="run the grids declared in a TOML file (resumable)",
+        description="Run every [[experiment]] of CONFIG into one results folder.",
+    )
+    p.add_argument("config", type=Path, help="sweep file, e.g. configs/paper/table1.toml")
+    p.add_argument("--out", type=Path, required=True, help="results folder")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-root", type=Path, default=None)
+    p.add_argument("--dry-run", action="store_true", help="count rows and stop")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_sweep)
+
+    from reflow.plots import FIGURES
+
+    p = sub.add_parser("plot", help="draw the paper figures from a results folder (PNG + PDF)")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--out", type=Path, default=Path("figures"))
+    p.add_argument("--only", nargs="+", choices=list(FIGURES), default=None)
+    p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser("report", help="Markdown reproduction report with claims and figures")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--out", type=Path, default=Path("report/report.md"))
+    p.set_defaults(func=_cmd_report)
+
     p = sub.add_parser("list", help="methods, repairs, models and datasets")
     p.add_argument("--verbose", "-v", action="store_true", help="show method options")
     p.set_defaults(func=_cmd_list)
@@ -280,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReflowError as exc:
         print(f"reflow: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `reflow table ... | head`
+        return 0
     except KeyboardInterrupt:
         print(
             "\nreflow: interrupted; finished rows are saved, run the same command to resume",

@@ -30,7 +30,15 @@ from reflow.baselines.base import PruneContext, PruneResult
 from reflow.data import ImageData, list_datasets, load_dataset
 from reflow.errors import ReflowError, unknown_name
 from reflow.evaluate import Evaluation, evaluate, variance_ratios
-from reflow.masks import apply_masks, check_sparsity, layer_densities, sparsity_of
+from reflow.masks import (
+    apply_masks,
+    check_sparsity,
+    global_masks,
+    hamming_distance,
+    layer_densities,
+    prunable_parameters,
+    sparsity_of,
+)
 from reflow.provenance import config_hash, device_name, git_commit, peak_memory_mb
 from reflow.recalibrate import apply_repair, get_repair
 from reflow.results import ResultStore, row_key
@@ -209,7 +217,16 @@ def select_phase(
         result = method.prune(pruned, sparsity, ctx)
     with timer.phase("apply"):
         apply_masks(pruned, result.masks)
+    result.info["hamming_vs_mp"] = hamming_distance(
+        result.masks, magnitude_masks(setup, sparsity, settings)
+    )
     return pruned, result
+
+
+def magnitude_masks(setup: Setup, sparsity: float, settings: Settings) -> dict:
+    """Global magnitude masks of the dense model: the reference every mask is compared with."""
+    params = prunable_parameters(setup.model, settings.scope)
+    return global_masks({n: p.detach().abs() for n, p in params.items()}, sparsity)
 
 
 def calibration_batches(setup: Setup, seed: int, settings: Settings) -> Iterable:
@@ -247,14 +264,20 @@ def run_grid(
     device: torch.device | str = "cpu",
     data_root: Path | None = None,
     progress: bool = True,
+    bar: tqdm | None = None,
 ) -> dict[str, int]:
-    """Run every row of ``grid`` not already finished in ``store``; returns counts."""
+    """Run every row of ``grid`` not already finished in ``store``; returns counts.
+
+    ``bar`` is an outer progress bar to advance (a sweep's), instead of one of its own.
+    """
     grid.validate()
     device = torch.device(device)
     methods = {m: baselines.get_method(m, settings.method_options.get(m)) for m in grid.methods}
     finished = store.finished()
     counts = {"done_before": 0, "ran": 0, "errors": 0}
-    bar = tqdm(total=grid.size(), desc="rows", unit="row", disable=not progress)
+    own_bar = bar is None
+    if own_bar:
+        bar = tqdm(total=grid.size(), desc="rows", unit="row", disable=not progress)
     for model_name, ckpt, dataset in itertools.product(
         grid.models, grid.checkpoints, grid.datasets
     ):
@@ -290,7 +313,8 @@ def run_grid(
                 counts["ran"] += 1
                 counts["errors"] += row["error"] is not None
                 bar.update(1)
-    bar.close()
+    if own_bar:
+        bar.close()
     return counts
 
 
@@ -380,7 +404,10 @@ def _result_row(
         "error": None,
     }
     row |= {f"t_{phase}": timer.seconds.get(phase) for phase in PHASES}
-    row |= {f"info_{k}": v for k, v in result.info.items() if k != "grad_samples"}
+    row["hamming_vs_mp"] = result.info["hamming_vs_mp"]
+    row |= {
+        f"info_{k}": v for k, v in result.info.items() if k not in {"grad_samples", "hamming_vs_mp"}
+    }
     return row
 
 

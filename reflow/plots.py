@@ -1,0 +1,406 @@
+"""Paper figures from the stored result tables alone (PNG and PDF).
+
+Every figure uses one colour per method (fixed by registry order) and one line style per repair,
+so a method looks the same in every figure. Figures whose rows are absent are skipped with a note.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from reflow.baselines import list_methods
+from reflow.tables import column_label
+
+REPAIR_STYLES = {"none": "--", "reflow": "-", "adabn": ":", "bnt": "-."}
+DEFAULTS = {"calib_batches": 50, "calib_batch_size": 128, "recalibrate_layers": "all"}
+plt.rcParams.update(
+    {
+        "font.size": 11,
+        "axes.grid": True,
+        "grid.alpha": 0.3,
+        "figure.dpi": 110,
+        "savefig.bbox": "tight",
+        "legend.fontsize": 9,
+    }
+)
+
+
+def method_colour(method: str) -> str:
+    names = list_methods()
+    index = names.index(method) if method in names else len(names) + hash(method) % 10
+    return plt.get_cmap("tab10")(index % 10)
+
+
+def expand_config(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add the harness settings stored in the ``config`` JSON as columns."""
+    if frame.empty or "config" not in frame:
+        return frame
+    settings = pd.DataFrame([json.loads(c) for c in frame["config"]], index=frame.index)
+    keep = [c for c in settings.columns if c not in frame.columns and c != "method_config"]
+    return frame.join(settings[keep])
+
+
+def with_defaults(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of one repair configuration, so figures never mix settings: the paper's defaults
+    (50 × 128, all BN layers) when present, else the most common configuration."""
+    keys = [k for k in DEFAULTS if k in frame]
+    if frame.empty or not keys:
+        return frame
+    configs = frame[keys].astype(str).agg("|".join, axis=1)
+    default = "|".join(str(DEFAULTS[k]) for k in keys)
+    chosen = default if (configs == default).any() else configs.value_counts().idxmax()
+    return frame[configs == chosen]
+
+
+def _finish(fig: plt.Figure, ax: plt.Axes, title: str, out: Path, name: str) -> list[Path]:
+    ax.set_title(title)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.{ext}" for ext in ("png", "pdf")]
+    for p in paths:
+        fig.savefig(p)
+    plt.close(fig)
+    return paths
+
+
+def _bn_axis(ax: plt.Axes, layers: pd.Series) -> None:
+    ax.set_xticks(range(len(layers)), layers, rotation=70, fontsize=7)
+    ax.set_xlabel("BN layer (input → output)")
+    ax.axhline(1.0, color="grey", lw=1)
+    ax.set_ylabel("variance ratio pruned / dense")
+
+
+def variance_by_layer(
+    probes: pd.DataFrame, results: pd.DataFrame, out: Path, method: str = "mp", repair: str = "none"
+) -> list[Path]:
+    """Fig. 4: per-layer variance ratio at several sparsities."""
+    rows = probes[(probes.method == method) & (probes.repair == repair)]
+    if rows.empty:
+        return []
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    sparsities = sorted(rows.sparsity.unique())
+    cmap = plt.get_cmap("viridis")
+    for i, s in enumerate(sparsities):
+        curve = rows[rows.sparsity == s].groupby("bn_index")["ratio"].mean()
+        ax.plot(
+            curve.index,
+            curve.values,
+            marker="o",
+            ms=3,
+            color=cmap(i / max(1, len(sparsities) - 1)),
+            label=f"sparsity {s:g}",
+        )
+    _bn_axis(ax, rows.drop_duplicates("bn_index").sort_values("bn_index")["layer"])
+    ax.set_yscale("log")
+    ax.legend()
+    return _finish(
+        fig,
+        ax,
+        f"{column_label(method, repair)}: variance ratio per BN layer",
+        out,
+        f"fig4_variance_{method}_{repair}",
+    )
+
+
+def _highest_sparsity(rows: pd.DataFrame) -> float:
+    return float(rows.sparsity.max()) if len(rows) else 0.0
+
+
+def variance_by_repair(
+    probes: pd.DataFrame,
+    results: pd.DataFrame,
+    out: Path,
+    method: str = "mp",
+    sparsity: float | None = None,
+) -> list[Path]:
+    """Fig. 7: per-layer variance ratio before and after repair (default: highest sparsity)."""
+    rows = probes[probes.method == method]
+    sparsity = sparsity if sparsity is not None else _highest_sparsity(rows)
+    rows = rows[rows.sparsity == sparsity]
+    if rows.repair.nunique() < 2:
+        return []
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for repair, group in rows.groupby("repair"):
+        curve = group.groupby("bn_index")["ratio"].mean()
+        ax.plot(
+            curve.index,
+            curve.values,
+            REPAIR_STYLES.get(repair, "-"),
+            marker="o",
+            ms=3,
+            color=method_colour(method),
+            alpha=1.0 if repair in {"none", "reflow"} else 0.6,
+            label=column_label(method, repair),
+        )
+    _bn_axis(ax, rows.drop_duplicates("bn_index").sort_values("bn_index")["layer"])
+    ax.legend()
+    return _finish(
+        fig,
+        ax,
+        f"{method} at sparsity {sparsity:g}: before and after repair",
+        out,
+        f"fig7_variance_repair_{method}_{sparsity:g}",
+    )
+
+
+def variance_by_method(
+    probes: pd.DataFrame,
+    results: pd.DataFrame,
+    out: Path,
+    sparsity: float | None = None,
+    repair: str = "none",
+) -> list[Path]:
+    """Fig. 6: per-layer variance ratio across methods (default: highest sparsity)."""
+    rows = probes[probes.repair == repair]
+    sparsity = sparsity if sparsity is not None else _highest_sparsity(rows)
+    rows = rows[rows.sparsity == sparsity]
+    if rows.method.nunique() < 2:
+        return []
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for method, group in rows.groupby("method", sort=False):
+        curve = group.groupby("bn_index")["ratio"].mean()
+        ax.plot(
+            curve.index, curve.values, marker="o", ms=3, color=method_colour(method), label=method
+        )
+    _bn_axis(ax, rows.drop_duplicates("bn_index").sort_values("bn_index")["layer"])
+    ax.set_yscale("log")
+    ax.legend(ncol=2)
+    return _finish(
+        fig,
+        ax,
+        f"variance ratio across methods, sparsity {sparsity:g}, repair {repair}",
+        out,
+        f"fig6_variance_methods_{sparsity:g}",
+    )
+
+
+def _mean_std(frame: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
+    return frame.groupby(by)[value].agg(["mean", "std", "count"]).reset_index()
+
+
+def accuracy_vs_sparsity(probes: pd.DataFrame, results: pd.DataFrame, out: Path) -> list[Path]:
+    """Fig. 10: top-1 vs sparsity per method and repair (mean ± std over seeds)."""
+    rows = with_defaults(results)
+    if rows.empty:
+        return []
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    stats = _mean_std(rows, ["method", "repair", "sparsity"], "top1")
+    for (method, repair), g in stats.groupby(["method", "repair"], sort=False):
+        ax.errorbar(
+            g.sparsity,
+            g["mean"],
+            yerr=g["std"].fillna(0),
+            fmt=REPAIR_STYLES.get(repair, "-"),
+            marker="o",
+            ms=4,
+            capsize=2,
+            color=method_colour(method),
+            label=column_label(method, repair),
+        )
+    ax.axhline(rows.dense_top1.iloc[0], color="black", lw=1, ls=":", label="dense")
+    ax.set_xlabel("sparsity")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.legend(ncol=2)
+    return _finish(fig, ax, "accuracy vs sparsity", out, "fig10_accuracy_vs_sparsity")
+
+
+def hamming_vs_sparsity(probes: pd.DataFrame, results: pd.DataFrame, out: Path) -> list[Path]:
+    """Fig. 14: normalised mask Hamming distance to global magnitude (mp) vs sparsity."""
+    if "hamming_vs_mp" not in results:
+        return []
+    rows = results[
+        (results.repair == "none") & (results.method != "mp") & results.hamming_vs_mp.notna()
+    ]
+    if rows.empty:
+        return []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, g in _mean_std(rows, ["method", "sparsity"], "hamming_vs_mp").groupby(
+        "method", sort=False
+    ):
+        ax.plot(
+            g.sparsity,
+            100 * g["mean"],
+            marker="o",
+            color=method_colour(method),
+            label=f"mp vs {method}",
+        )
+    ax.set_yscale("symlog", linthresh=0.01)
+    ax.set_xlabel("sparsity")
+    ax.set_ylabel("normalised Hamming distance (%)")
+    ax.legend()
+    return _finish(fig, ax, "mask distance to global magnitude pruning", out, "fig14_hamming")
+
+
+def prediction_histogram(
+    probes: pd.DataFrame,
+    results: pd.DataFrame,
+    out: Path,
+    method: str = "mp",
+    sparsity: float | None = None,
+) -> list[Path]:
+    """Fig. 5: predicted-class histogram of the dense model, the pruned one, and after REFLOW."""
+    rows = with_defaults(results)
+    rows = rows[rows.method == method]
+    sparsity = sparsity if sparsity is not None else _highest_sparsity(rows)
+    rows = rows[rows.sparsity == sparsity]
+    if rows.empty:
+        return []
+    bars = {"dense": json.loads(rows.dense_predictions.iloc[0])}
+    for repair in ("none", "reflow"):
+        match = rows[rows.repair == repair]
+        if len(match):
+            bars[column_label(method, repair)] = json.loads(match.predictions.iloc[0])
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / len(bars)
+    colours = ["black", method_colour(method), "tab:green"]
+    for i, (label, counts) in enumerate(bars.items()):
+        total = sum(counts)
+        ax.bar(
+            [c + i * width for c in range(len(counts))],
+            [100 * n / total for n in counts],
+            width,
+            label=label,
+            color=colours[i % 3],
+            alpha=0.8,
+        )
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("share of test inputs (%)")
+    ax.legend()
+    return _finish(
+        fig,
+        ax,
+        f"predictions at sparsity {sparsity:g}",
+        out,
+        f"fig5_predictions_{method}_{sparsity:g}",
+    )
+
+
+def _sweep_plot(
+    results: pd.DataFrame, out: Path, x: str, title: str, name: str, xlabel: str, log: bool = False
+) -> list[Path]:
+    """Accuracy against one repair setting ``x``; the other settings held at their usual value."""
+    rows = results[(results.repair != "none") & (results.recalibrate_layers == "all")]
+    for key in ("calib_batches", "calib_batch_size"):
+        if key != x and not rows.empty:
+            rows = rows[rows[key] == rows[key].mode().iloc[0]]
+    if rows.empty or rows[x].nunique() < 2:
+        return []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    cmap = plt.get_cmap("plasma")
+    sparsities = sorted(rows.sparsity.unique())
+    for (method, s), g in _mean_std(rows, ["method", "sparsity", x], "top1").groupby(
+        ["method", "sparsity"]
+    ):
+        ax.errorbar(
+            g[x],
+            g["mean"],
+            yerr=g["std"].fillna(0),
+            marker="o",
+            capsize=2,
+            color=cmap(sparsities.index(s) / max(1, len(sparsities))),
+            label=f"{method}+reflow, sparsity {s:g}",
+        )
+    if log:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.legend()
+    return _finish(fig, ax, title, out, name)
+
+
+def accuracy_vs_calibration_batches(
+    probes: pd.DataFrame, results: pd.DataFrame, out: Path
+) -> list[Path]:
+    """Fig. 11: accuracy vs number of calibration batches."""
+    return _sweep_plot(
+        results,
+        out,
+        "calib_batches",
+        "accuracy vs calibration batches",
+        "fig11_calibration_batches",
+        "calibration batches",
+        log=True,
+    )
+
+
+def accuracy_vs_batch_size(probes: pd.DataFrame, results: pd.DataFrame, out: Path) -> list[Path]:
+    """Fig. 13: accuracy vs calibration batch size."""
+    return _sweep_plot(
+        results,
+        out,
+        "calib_batch_size",
+        "accuracy vs calibration batch size",
+        "fig13_batch_size",
+        "calibration batch size",
+        log=True,
+    )
+
+
+def layer_order(probes: pd.DataFrame, results: pd.DataFrame, out: Path) -> list[Path]:
+    """Fig. 12: accuracy when recalibrating only the first k or the last k BN layers."""
+    rows = results[(results.repair == "reflow") & results.recalibrate_layers.str.contains(":")]
+    if rows.empty:
+        return []
+    rows = rows.copy()
+    rows["direction"] = (
+        rows.recalibrate_layers.str.split(":")
+        .str[0]
+        .map({"first": "forward (first k)", "last": "backward (last k)"})
+    )
+    rows["k"] = rows.recalibrate_layers.str.split(":").str[1].astype(int)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (direction, s), g in _mean_std(rows, ["direction", "sparsity", "k"], "top1").groupby(
+        ["direction", "sparsity"]
+    ):
+        ax.plot(
+            g.k,
+            g["mean"],
+            "-" if direction.startswith("forward") else "--",
+            marker="o",
+            ms=3,
+            label=f"{direction}, sparsity {s:g}",
+        )
+    ax.set_xlabel("BN layers recalibrated (k)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.legend()
+    return _finish(fig, ax, "cumulative REFLOW by layer order", out, "fig12_layer_order")
+
+
+FIGURES: dict[str, Callable[..., list[Path]]] = {
+    "variance": variance_by_layer,
+    "variance-repair": variance_by_repair,
+    "variance-methods": variance_by_method,
+    "accuracy": accuracy_vs_sparsity,
+    "hamming": hamming_vs_sparsity,
+    "predictions": prediction_histogram,
+    "calibration-batches": accuracy_vs_calibration_batches,
+    "batch-size": accuracy_vs_batch_size,
+    "layer-order": layer_order,
+}
+
+
+def plot_all(
+    results: pd.DataFrame, probes: pd.DataFrame, out: Path, only: list[str] | None = None
+) -> dict[str, list[Path]]:
+    """Draw every figure the tables have rows for; returns figure name → files written."""
+    results = expand_config(results[results.error.isna()] if "error" in results else results)
+    if probes.empty:  # e.g. runs with probe_samples = 0: probe figures are skipped
+        probes = pd.DataFrame(
+            columns=["run_id", "method", "repair", "sparsity", "bn_index", "layer", "ratio"]
+        )
+    else:
+        probes = with_defaults(probes.merge(results[["run_id", *DEFAULTS]], on="run_id"))
+    written = {}
+    for name, draw in FIGURES.items():
+        if only and name not in only:
+            continue
+        written[name] = draw(probes, results, out)
+    return written

@@ -1,0 +1,121 @@
+"""Sweeps declared in a TOML file: one or more experiments, each a grid of models × checkpoints ×
+datasets × methods × repairs × sparsities × seeds, times any list-valued harness setting
+(calibration batches, batch size, recalibrated layers, …). One results folder for all of them,
+resumable like `reflow run`, with one progress bar and time-left estimate over every row.
+
+    [[experiment]]
+    name = "fig11-calibration-batches"
+    models = ["resnet20"]
+    datasets = ["cifar10-jpeg"]
+    methods = ["mp"]
+    repairs = ["reflow"]
+    sparsities = [0.7, 0.8, 0.9]
+    seeds = [0, 1, 2]
+    [experiment.settings]
+    calib_batches = [1, 2, 5, 10, 20, 50]
+    [experiment.options.wf_u]        # method options, as --set wf_u.num_grads=...
+    num_grads = 1000
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from reflow.errors import ReflowError
+from reflow.harness import Grid, Settings, run_grid
+from reflow.results import ResultStore
+
+_GRID_KEYS = {"models", "checkpoints", "datasets", "methods", "repairs", "sparsities", "seeds"}
+_SETTING_KEYS = {f.name for f in dataclasses.fields(Settings)} - {"method_options"}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    grid: Grid
+    settings: tuple[Settings, ...]
+
+    def size(self) -> int:
+        return self.grid.size() * len(self.settings)
+
+
+def _as_tuple(value: object) -> tuple:
+    return tuple(value) if isinstance(value, list) else (value,)
+
+
+def parse_experiment(table: dict, index: int) -> Experiment:
+    name = table.get("name", f"experiment {index + 1}")
+    unknown = set(table) - _GRID_KEYS - {"name", "settings", "options"}
+    if unknown:
+        raise ReflowError(
+            f"{name}: unknown keys {sorted(unknown)}; grid keys: {sorted(_GRID_KEYS)}"
+        )
+    missing = {"models", "datasets", "methods", "sparsities"} - set(table)
+    if missing:
+        raise ReflowError(f"{name}: missing {sorted(missing)}")
+    grid = Grid(
+        models=_as_tuple(table["models"]),
+        datasets=_as_tuple(table["datasets"]),
+        methods=_as_tuple(table["methods"]),
+        repairs=_as_tuple(table.get("repairs", ["none", "reflow"])),
+        sparsities=tuple(float(s) for s in _as_tuple(table["sparsities"])),
+        seeds=tuple(int(s) for s in _as_tuple(table.get("seeds", [0]))),
+        checkpoints=_as_tuple(table.get("checkpoints", [None])),
+    )
+    axes = table.get("settings", {})
+    bad = set(axes) - _SETTING_KEYS
+    if bad:
+        raise ReflowError(f"{name}: unknown settings {sorted(bad)}; valid: {sorted(_SETTING_KEYS)}")
+    options = {
+        m: {k: str(v) for k, v in opts.items()} for m, opts in table.get("options", {}).items()
+    }
+    keys = list(axes)
+    combos = itertools.product(*(_as_tuple(axes[k]) for k in keys))
+    settings = tuple(
+        Settings(**dict(zip(keys, c, strict=True)), method_options=options) for c in combos
+    )
+    grid.validate()
+    return Experiment(name, grid, settings or (Settings(method_options=options),))
+
+
+def load_sweep(path: Path) -> list[Experiment]:
+    """Parse and validate every experiment of a sweep file before anything runs."""
+    try:
+        document = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise ReflowError(f"sweep file not found: {Path(path).resolve()}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ReflowError(f"{path} is not valid TOML: {exc}") from exc
+    tables = document.get("experiment", [])
+    if not tables:
+        raise ReflowError(f"{path} declares no [[experiment]]")
+    return [parse_experiment(t, i) for i, t in enumerate(tables)]
+
+
+def run_sweep(
+    experiments: list[Experiment],
+    store: ResultStore,
+    device: str = "cpu",
+    data_root: Path | None = None,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Run every experiment into one store; finished rows are skipped."""
+    total = {"done_before": 0, "ran": 0, "errors": 0}
+    with tqdm(
+        total=sum(e.size() for e in experiments), desc="sweep", unit="row", disable=not progress
+    ) as bar:
+        for experiment in experiments:
+            for settings in experiment.settings:
+                bar.set_description(experiment.name)
+                counts = run_grid(
+                    experiment.grid, store, settings, device, data_root, progress, bar
+                )
+                for k in total:
+                    total[k] += counts[k]
+    return total

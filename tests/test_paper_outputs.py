@@ -1,0 +1,158 @@
+"""Sweeps from TOML, figures and the report, on a small synthetic run."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from reflow.cli import main
+from reflow.errors import ReflowError
+from reflow.plots import plot_all
+from reflow.report import evaluate_claims, write_report
+from reflow.results import ResultStore
+from reflow.sweep import load_sweep, run_sweep
+
+SWEEP = """
+[[experiment]]
+name = "grid"
+models = ["resnet20"]
+datasets = ["synthetic"]
+methods = ["mp", "random"]
+repairs = ["none", "reflow"]
+sparsities = [0.5, 0.9]
+[experiment.settings]
+calib_batches = 2
+calib_batch_size = 16
+probe_samples = 100
+
+[[experiment]]
+name = "calibration"
+models = ["resnet20"]
+datasets = ["synthetic"]
+methods = ["mp"]
+repairs = ["reflow"]
+sparsities = [0.9]
+seeds = [0, 1]
+[experiment.settings]
+calib_batches = [1, 2]
+calib_batch_size = 16
+probe_samples = 0
+"""
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory) -> ResultStore:
+    folder = tmp_path_factory.mktemp("sweep")
+    (folder / "sweep.toml").write_text(SWEEP)
+    experiments = load_sweep(folder / "sweep.toml")
+    assert [e.size() for e in experiments] == [8, 4]
+    store = ResultStore(folder / "runs")
+    assert run_sweep(experiments, store, progress=False)["ran"] == 12
+    return store
+
+
+def test_sweep_resumes_without_duplicates(swept, tmp_path) -> None:
+    (tmp_path / "s.toml").write_text(SWEEP)
+    counts = run_sweep(load_sweep(tmp_path / "s.toml"), swept, progress=False)
+    assert counts == {"done_before": 12, "ran": 0, "errors": 0}
+    frame = swept.read()
+    assert len(frame) == 12 and frame.run_id.is_unique
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "declares no"),
+        (
+            "[[experiment]]\nmodels=['resnet20']\ndatasets=['synthetic']\nmethods=['mp']\n",
+            "missing",
+        ),
+        (
+            "[[experiment]]\nmodels=['resnet20']\ndatasets=['synthetic']\nmethods=['mp']\n"
+            "sparsities=[0.5]\n[experiment.settings]\ncalib_batchez=3\n",
+            "unknown settings",
+        ),
+        (
+            "[[experiment]]\nmodels=['resnet20']\ndatasets=['synthetic']\nmethods=['mq']\n"
+            "sparsities=[0.5]\n",
+            "valid methods",
+        ),
+        ("not toml [", "not valid TOML"),
+    ],
+)
+def test_bad_sweep_files(text, message, tmp_path) -> None:
+    (tmp_path / "s.toml").write_text(text)
+    with pytest.raises(ReflowError, match=message):
+        load_sweep(tmp_path / "s.toml")
+
+
+def test_shipped_configs_parse() -> None:
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.toml"))
+    assert configs
+    for path in configs:
+        assert load_sweep(path)
+
+
+def test_figures_from_stored_tables_only(swept, tmp_path) -> None:
+    written = plot_all(swept.read(), swept.read("probes"), tmp_path)
+    for name in (
+        "variance",
+        "variance-repair",
+        "variance-methods",
+        "accuracy",
+        "hamming",
+        "predictions",
+        "calibration-batches",
+    ):
+        assert written[name], name
+        for path in written[name]:
+            assert path.stat().st_size > 1000
+    assert {p.suffix for p in written["accuracy"]} == {".png", ".pdf"}
+
+
+def test_hamming_column(swept) -> None:
+    frame = swept.read()
+    assert (frame[frame.method == "mp"].hamming_vs_mp == 0).all()
+    assert (frame[frame.method == "random"].hamming_vs_mp > 0.1).all()
+
+
+def test_report_states_every_claim(swept, tmp_path) -> None:
+    out = write_report(swept.folder, tmp_path / "report.md")
+    text = out.read_text()
+    assert "## Claims" in text and "![accuracy](figures/" in text
+    verdicts = evaluate_claims(swept.read(), swept.read("probes"))
+    assert {v.outcome for v in verdicts} <= {"reproduced", "not reproduced", "not measured"}
+    assert any(v.outcome == "not measured" for v in verdicts)  # no wf_u rows here
+
+
+def test_seed_aggregation_in_table(swept, capsys) -> None:
+    assert main(["table", str(swept.folder), "--repair", "reflow", "--method", "mp"]) == 0
+    assert "±" in capsys.readouterr().out
+
+
+def test_cli_sweep_plot_report(tmp_path, capsys) -> None:
+    (tmp_path / "s.toml").write_text(
+        SWEEP.split("[[experiment]]")[0] + "[[experiment]]" + SWEEP.split("[[experiment]]")[2]
+    )
+    assert (
+        main(["sweep", str(tmp_path / "s.toml"), "--out", str(tmp_path / "r"), "--no-progress"])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "plot",
+                str(tmp_path / "r"),
+                "--out",
+                str(tmp_path / "f"),
+                "--only",
+                "calibration-batches",
+            ]
+        )
+        == 0
+    )
+    assert "fig11" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "r"), "--out", str(tmp_path / "rep" / "r.md")]) == 0
+    assert pd.io.common.file_exists(str(tmp_path / "rep" / "r.md"))
