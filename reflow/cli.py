@@ -17,7 +17,7 @@ from reflow.errors import ReflowError
 from reflow.harness import Grid, Settings, pick_device, run_grid
 from reflow.recalibrate import REPAIRS
 from reflow.results import ResultStore
-from reflow.tables import FORMATS, accuracy_table, filter_rows, render
+from reflow.tables import FORMATS, accuracy_table, expand_config, filter_rows, render, with_defaults
 from reflow.zoo import MODELS
 
 EPILOG = """examples:
@@ -168,6 +168,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
         method=args.method,
         repair=args.repair,
     )
+    rows = with_defaults(expand_config(rows))  # one repair configuration per table, never mixed
     for (model, ckpt, dataset), group in rows.groupby(["model", "checkpoint", "dataset"]):
         mean, std = accuracy_table(group, args.metric)
         dense = group["dense_top1"].iloc[0]

@@ -17,10 +17,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from reflow.baselines import list_methods
-from reflow.tables import column_label
+from reflow.tables import DEFAULTS, column_label, expand_config, with_defaults
 
 REPAIR_STYLES = {"none": "--", "reflow": "-", "adabn": ":", "bnt": "-."}
-DEFAULTS = {"calib_batches": 50, "calib_batch_size": 128, "recalibrate_layers": "all"}
 plt.rcParams.update(
     {
         "font.size": 11,
@@ -37,27 +36,6 @@ def method_colour(method: str) -> str:
     names = list_methods()
     index = names.index(method) if method in names else len(names) + hash(method) % 10
     return plt.get_cmap("tab10")(index % 10)
-
-
-def expand_config(frame: pd.DataFrame) -> pd.DataFrame:
-    """Add the harness settings stored in the ``config`` JSON as columns."""
-    if frame.empty or "config" not in frame:
-        return frame
-    settings = pd.DataFrame([json.loads(c) for c in frame["config"]], index=frame.index)
-    keep = [c for c in settings.columns if c not in frame.columns and c != "method_config"]
-    return frame.join(settings[keep])
-
-
-def with_defaults(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows of one repair configuration, so figures never mix settings: the paper's defaults
-    (50 × 128, all BN layers) when present, else the most common configuration."""
-    keys = [k for k in DEFAULTS if k in frame]
-    if frame.empty or not keys:
-        return frame
-    configs = frame[keys].astype(str).agg("|".join, axis=1)
-    default = "|".join(str(DEFAULTS[k]) for k in keys)
-    chosen = default if (configs == default).any() else configs.value_counts().idxmax()
-    return frame[configs == chosen]
 
 
 def _finish(fig: plt.Figure, ax: plt.Axes, title: str, out: Path, name: str) -> list[Path]:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 from reflow import paper
-from reflow.plots import expand_config, plot_all, with_defaults
+from reflow.plots import plot_all
 from reflow.results import ResultStore
-from reflow.tables import accuracy_table, render
+from reflow.tables import accuracy_table, expand_config, render, with_defaults
 
 
 @dataclass

@@ -3,11 +3,15 @@ best per row in bold) as Markdown or LaTeX, with mean ± std where several seeds
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 from reflow.errors import ReflowError
 
 FORMATS = ("markdown", "latex", "csv")
+#: The paper's repair settings: 50 calibration batches of 128, every BN layer.
+DEFAULTS = {"calib_batches": 50, "calib_batch_size": 128, "recalibrate_layers": "all"}
 
 
 def column_label(method: str, repair: str) -> str:
@@ -32,6 +36,27 @@ def filter_rows(frame: pd.DataFrame, **equal: object) -> pd.DataFrame:
         shown = ", ".join(f"{k}={v}" for k, v in equal.items() if v is not None)
         raise ReflowError(f"no finished rows match {shown or 'the filter'}")
     return selected
+
+
+def expand_config(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add the harness settings stored in the ``config`` JSON as columns."""
+    if frame.empty or "config" not in frame:
+        return frame
+    settings = pd.DataFrame([json.loads(c) for c in frame["config"]], index=frame.index)
+    keep = [c for c in settings.columns if c not in frame.columns and c != "method_config"]
+    return frame.join(settings[keep])
+
+
+def with_defaults(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of one repair configuration, so figures never mix settings: the paper's defaults
+    (50 × 128, all BN layers) when present, else the most common configuration."""
+    keys = [k for k in DEFAULTS if k in frame]
+    if frame.empty or not keys:
+        return frame
+    configs = frame[keys].astype(str).agg("|".join, axis=1)
+    default = "|".join(str(DEFAULTS[k]) for k in keys)
+    chosen = default if (configs == default).any() else configs.value_counts().idxmax()
+    return frame[configs == chosen]
 
 
 def accuracy_table(frame: pd.DataFrame, metric: str = "top1") -> tuple[pd.DataFrame, pd.DataFrame]:

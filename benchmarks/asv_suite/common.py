@@ -36,12 +36,10 @@ def data_free_methods() -> list[str]:
 
 @cache
 def real_setup():
-    from reflow.harness import evaluate_phase, load_setup
+    from reflow.harness import load_setup
 
     ensure_home()
-    setup = load_setup(REAL_MODEL, REAL_DATASET)
-    setup.dense = evaluate_phase(setup, setup.model, settings())
-    return setup
+    return load_setup(REAL_MODEL, REAL_DATASET)
 
 
 def settings(**changes):
