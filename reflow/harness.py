@@ -15,7 +15,7 @@ import itertools
 import json
 import math
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -254,9 +254,6 @@ def row_config(method: baselines.Method, settings: Settings) -> dict[str, Any]:
     return {**config, "method_config": asdict(method.config)}
 
 
-RowSink = Callable[[dict, list[dict], list[dict]], None]
-
-
 def run_grid(
     grid: Grid,
     store: ResultStore,
@@ -335,7 +332,7 @@ def _run_group(
         pruned, result = select_phase(
             setup, method, first["sparsity"], first["seed"], settings, timer
         )
-    except (ReflowError, RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+    except Exception as exc:
         for key in keys:
             yield _error_row(setup, key, config, exc), [], []
         return
@@ -348,7 +345,7 @@ def _run_group(
                 calib = repair_phase(setup, model, key["repair"], key["seed"], settings, progress)
             with timer.phase("evaluate"):
                 ev = evaluate_phase(setup, model, settings, progress)
-        except (ReflowError, RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+        except Exception as exc:
             yield _error_row(setup, key, config, exc), [], []
             continue
         yield (

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -81,9 +81,7 @@ def _resnet20_checkpoints() -> tuple[Checkpoint, ...]:
     (original,) = _cifar_checkpoints(
         20, "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8", 91.78
     )
-    original = Checkpoint(
-        **{**original.__dict__, "dense_top1": {"cifar10": 91.78, "cifar10-jpeg": 81.03}}
-    )
+    original = replace(original, dense_top1={"cifar10": 91.78, "cifar10-jpeg": 81.03})
     finetuned = Checkpoint(
         name="cifar10-jpeg",
         file="resnet20_cifar10jpeg.pt",
@@ -103,11 +101,7 @@ def _resnet32_checkpoints() -> tuple[Checkpoint, ...]:
     (original,) = _cifar_checkpoints(
         32, "d509ac1820d7f25398913559d7e81a13229b1e7adc5648e3bfa5e22dc137f850", 92.78
     )
-    return (
-        Checkpoint(
-            **{**original.__dict__, "dense_top1": {"cifar10": 92.78, "cifar10-jpeg": 82.56}}
-        ),
-    )
+    return (replace(original, dense_top1={"cifar10": 92.78, "cifar10-jpeg": 82.56}),)
 
 
 def _torchvision_checkpoints(arch: str) -> tuple[Checkpoint, ...]:
