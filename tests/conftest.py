@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_data, trained_like
 from torch import nn
 
 from reflow.cifar_resnet import cifar_resnet
-from reflow.data import ImageData, TensorSplit
+from reflow.data import ImageData
 
 SHARED = Path(os.environ.get("REFLOW_HOME", Path(__file__).resolve().parents[2] / "shared"))
 
@@ -31,32 +32,10 @@ def shared_home(monkeypatch: pytest.MonkeyPatch) -> Path:
     return SHARED
 
 
-def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give BN layers non-trivial statistics and affine parameters, as a trained net has."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model.eval()
-
-
 @pytest.fixture
 def tiny_model() -> nn.Module:
     torch.manual_seed(0)
     return trained_like(cifar_resnet(20))
-
-
-def tiny_data(n_train: int = 256, n_test: int = 64, seed: int = 0) -> ImageData:
-    g = torch.Generator().manual_seed(seed)
-    split = lambda n: TensorSplit(  # noqa: E731
-        torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
-        torch.randint(10, (n,), generator=g),
-    )
-    return ImageData("tiny", split(n_train), split(n_test), 10, None)
 
 
 @pytest.fixture

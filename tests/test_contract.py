@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_data, trained_like
+from helpers import tiny_data, trained_like
 from reflow.baselines.base import NEEDS, PruneContext
 from torch import nn
 
