@@ -189,3 +189,13 @@ def test_wf_u_beats_wf_s_on_training_loss() -> None:
                     p.mul_(result.masks[n])
             losses[name] = float(F.cross_entropy(work(x), y))
     assert losses["wf_u"] < losses["wf_s"]
+
+
+def test_diagonal_blocks_equal_the_general_path() -> None:
+    g = torch.Generator().manual_seed(5)
+    layout = BlockLayout.of({"w": torch.zeros(10)}, 1)
+    grads = {"w": torch.randn(7, 10, generator=g)}
+    diagonal = BlockFisher(layout, 7, 1e-3)
+    diagonal.add_batch(grads)
+    expected = 1 / (1e-3 + grads["w"].square().mean(0))
+    torch.testing.assert_close(diagonal.inverse().reshape(-1), expected)
