@@ -92,3 +92,11 @@ def test_hamming_distance() -> None:
     b = {"w": torch.tensor([True, False, True, False])}
     assert hamming_distance(a, a) == 0.0
     assert hamming_distance(a, b) == 0.5
+
+
+def test_ties_at_the_threshold_still_prune_exactly_k() -> None:
+    scores = {"a": torch.tensor([1.0, 2.0, 2.0, 2.0, 3.0]), "b": torch.tensor([2.0, 0.5])}
+    masks = global_masks(scores, 0.5)  # round(3.5) = 4 pruned: 0.5, 1.0 and two of the four 2.0s
+    assert sparsity_of(masks).pruned == 4
+    assert not masks["b"][1] and not masks["a"][0] and masks["a"][4]
+    assert int((~masks["a"][1:4]).sum()) + int(~masks["b"][0]) == 2
