@@ -123,10 +123,7 @@ class BlockFisher:
         g = self.layout.to_blocks(grads, batch_dims=1).to(self.matrix.dtype)  # (c, blocks, B)
         self.seen += g.shape[0]
         if self.mode == "direct":
-            if self.layout.block_size == 1:  # the diagonal: einsum would run n tiny matmuls
-                self.matrix += g.square().sum(0).unsqueeze(-1)
-            else:
-                self.matrix += torch.einsum("cnb,cnd->nbd", g, g)
+            self.matrix += torch.einsum("cnb,cnd->nbd", g, g)
             return
         for sample in g:  # Sherman–Morrison with F_k = F_{k-1} + g gᵀ / N
             u = torch.bmm(self.matrix, sample.unsqueeze(-1)).squeeze(-1)  # (blocks, B)
