@@ -142,6 +142,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         args.data_root,
         progress=not args.no_progress,
     )
+    return _summarise(counts, start, store)
+
+
+def _summarise(counts: dict[str, int], start: float, store: ResultStore) -> int:
+    """Print what a run or sweep did; exit status 1 when any row ended in an error."""
     print(
         f"{counts['ran']} rows run ({counts['errors']} with errors), {counts['done_before']} "
         f"already done, in {time.perf_counter() - start:.1f} s; results in {store.path('results')}"
@@ -261,11 +266,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         args.data_root,
         progress=not args.no_progress,
     )
-    print(
-        f"{counts['ran']} rows run ({counts['errors']} with errors), {counts['done_before']} "
-        f"already done, in {time.perf_counter() - start:.1f} s"
-    )
-    return 1 if counts["errors"] else 0
+    return _summarise(counts, start, ResultStore(args.out))
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
