@@ -269,7 +269,9 @@ def _sweep_plot(
     for key in ("calib_batches", "calib_batch_size"):
         if key != x and not rows.empty:
             rows = rows[rows[key] == rows[key].mode().iloc[0]]
-    if rows.empty or rows[x].nunique() < 2:
+    varied = rows.groupby(["method", "sparsity"])[x].transform("nunique") >= 2
+    rows = rows[varied]  # only curves along which the setting was actually swept
+    if rows.empty:
         return []
     fig, ax = plt.subplots(figsize=(7, 4.5))
     cmap = plt.get_cmap("plasma")
