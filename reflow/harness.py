@@ -31,6 +31,7 @@ from reflow.data import ImageData, list_datasets, load_dataset
 from reflow.errors import ReflowError, unknown_name
 from reflow.evaluate import Evaluation, evaluate, variance_ratios
 from reflow.masks import (
+    SCOPES,
     apply_masks,
     check_sparsity,
     global_masks,
@@ -67,6 +68,8 @@ class Settings:
                 raise ReflowError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.probe_samples < 0:
             raise ReflowError(f"probe_samples must be >= 0, got {self.probe_samples}")
+        if self.scope not in SCOPES:
+            raise unknown_name("scope", self.scope, SCOPES)
 
 
 @dataclass(frozen=True)

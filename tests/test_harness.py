@@ -138,6 +138,8 @@ def test_bad_grid_fails_before_running(grid, message, tmp_path) -> None:
 def test_bad_settings() -> None:
     with pytest.raises(ReflowError, match="calib_batches must be at least 1"):
         Settings(calib_batches=0)
+    with pytest.raises(ReflowError, match="valid scopes: all, blocks, chita"):
+        Settings(scope="convs")
 
 
 @pytest.mark.gpu
