@@ -70,8 +70,8 @@ class _VarianceAccumulator:
 @contextmanager
 def bn_variance_probe(model: nn.Module) -> Iterator[dict[str, _VarianceAccumulator]]:
     """Hooks on every BN layer for the duration of the block; yields the accumulators."""
-    accumulators = {name: _VarianceAccumulator() for name in batchnorm_layers(model)}
     modules = batchnorm_layers(model)
+    accumulators = {name: _VarianceAccumulator() for name in modules}
     handles = [modules[n].register_forward_hook(acc) for n, acc in accumulators.items()]
     try:
         yield accumulators

@@ -159,8 +159,6 @@ def load_setup(
     """Phase ``load``: the model (eval mode, channels-last on device) and its dataset."""
     device = torch.device(device)
     entry = get_entry(model)
-    if dataset == "synthetic" and checkpoint is None:
-        checkpoint = "none"  # timing only: no download, no meaning to accuracy
     torch.manual_seed(seed)  # random-init weights ("none") are seeded too
     loaded = get_model(model, checkpoint, dataset)
     input_size = 32 if entry.family == "cifar" else 224

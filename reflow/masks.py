@@ -70,9 +70,8 @@ def lowest_k(flat: torch.Tensor, k: int) -> torch.Tensor:
     ``topk(largest=False)`` when k is most of the tensor (7x on 25.5M scores at 90%); entries
     tied at the threshold are pruned in index order so that exactly ``k`` go.
     """
-    keep = torch.ones_like(flat, dtype=torch.bool)
     if k == 0:
-        return keep
+        return torch.ones_like(flat, dtype=torch.bool)
     threshold = torch.kthvalue(flat, k).values
     keep = flat > threshold
     tied = (flat == threshold).nonzero().squeeze(1)

@@ -7,6 +7,7 @@ so a method looks the same in every figure. Figures whose rows are absent are sk
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,7 +35,8 @@ plt.rcParams.update(
 
 def method_colour(method: str) -> str:
     names = list_methods()
-    index = names.index(method) if method in names else len(names) + hash(method) % 10
+    # unknown names (a method since removed) still get a colour that is stable across runs
+    index = names.index(method) if method in names else zlib.crc32(method.encode())
     return plt.get_cmap("tab10")(index % 10)
 
 

@@ -58,7 +58,8 @@ class ModelEntry:
         raise unknown_name(f"checkpoint for {self.name}", name, valid)
 
     def default_checkpoint(self, dataset: str) -> Checkpoint | None:
-        """The checkpoint recorded best on ``dataset``, or None (random init) if none is."""
+        """The checkpoint recorded best on ``dataset``, or None (random init) if none is:
+        so ``synthetic`` data, recorded by no checkpoint, never triggers a download."""
         recorded = [c for c in self.checkpoints if dataset in c.dense_top1]
         return max(recorded, key=lambda c: c.dense_top1[dataset]) if recorded else None
 
@@ -277,8 +278,6 @@ def get_model(name: str, checkpoint: str | None = None, dataset: str | None = No
 def checkpoint_label(name: str, checkpoint: str | None, dataset: str) -> str:
     """The ``checkpoint`` column value `get_model` will report, without loading anything."""
     if checkpoint is None:
-        if dataset == "synthetic":
-            return "none"
         ckpt = get_entry(name).default_checkpoint(dataset)
         return ckpt.name if ckpt else "none"
     if checkpoint == "none" or not Path(checkpoint).suffix:
