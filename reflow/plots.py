@@ -292,6 +292,9 @@ def _sweep_plot(
         )
     if log:
         ax.set_xscale("log", base=2)
+        ax.minorticks_off()
+    ticks = sorted(rows[x].unique())
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])  # the swept values, not powers of two
     ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.legend()
@@ -326,6 +329,25 @@ def accuracy_vs_batch_size(probes: pd.DataFrame, results: pd.DataFrame, out: Pat
     )
 
 
+def layer_order_levels(results: pd.DataFrame, rows: pd.DataFrame) -> dict[tuple[str, float], float]:
+    """The two ends of Fig. 12, k = 0 (no repair) and k = all (REFLOW), from matching runs."""
+    same = (
+        results.model.isin(rows.model)
+        & results.dataset.isin(rows.dataset)
+        & results.method.isin(rows.method)
+        & results.sparsity.isin(rows.sparsity)
+        & results.seed.isin(rows.seed)
+        & (results.recalibrate_layers == "all")
+    )
+    full = (
+        (results.repair == "reflow")
+        & results.calib_batches.isin(rows.calib_batches)
+        & results.calib_batch_size.isin(rows.calib_batch_size)
+    )
+    ends = results[same & ((results.repair == "none") | full)]
+    return ends.groupby(["repair", "sparsity"]).top1.mean().to_dict()
+
+
 def layer_order(probes: pd.DataFrame, results: pd.DataFrame, out: Path) -> list[Path]:
     """Fig. 12: accuracy when recalibrating only the first k or the last k BN layers."""
     rows = results[(results.repair == "reflow") & results.recalibrate_layers.str.contains(":")]
@@ -339,6 +361,9 @@ def layer_order(probes: pd.DataFrame, results: pd.DataFrame, out: Path) -> list[
     )
     rows["k"] = rows.recalibrate_layers.str.split(":").str[1].astype(int)
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    cmap = plt.get_cmap("viridis")
+    sparsities = sorted(rows.sparsity.unique())
+    colour = {s: cmap(i / max(1, len(sparsities))) for i, s in enumerate(sparsities)}
     for (direction, s), g in _mean_std(rows, ["direction", "sparsity", "k"], "top1").groupby(
         ["direction", "sparsity"]
     ):
@@ -348,8 +373,13 @@ def layer_order(probes: pd.DataFrame, results: pd.DataFrame, out: Path) -> list[
             "-" if direction.startswith("forward") else "--",
             marker="o",
             ms=3,
+            color=colour[s],
             label=f"{direction}, sparsity {s:g}",
         )
+    for (repair, s), level in layer_order_levels(results, rows).items():
+        what = "no BN layer (no repair)" if repair == "none" else "every BN layer (REFLOW)"
+        ls = ":" if repair == "none" else "-."
+        ax.axhline(level, color=colour[s], lw=1, ls=ls, label=f"{what}, sparsity {s:g}")
     ax.set_xlabel("BN layers recalibrated (k)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.legend()

@@ -7,10 +7,11 @@ import pytest
 
 from reflow.cli import main
 from reflow.errors import ReflowError
-from reflow.plots import plot_all
+from reflow.plots import layer_order_levels, plot_all
 from reflow.report import evaluate_claims, write_report
 from reflow.results import ResultStore
 from reflow.sweep import load_sweep, run_sweep
+from reflow.tables import expand_config
 
 SWEEP = """
 [[experiment]]
@@ -37,6 +38,31 @@ seeds = [0, 1]
 calib_batches = [1, 2]
 calib_batch_size = 16
 probe_samples = 0
+
+[[experiment]]
+name = "layer-order"
+models = ["resnet20"]
+datasets = ["synthetic"]
+methods = ["mp"]
+repairs = ["reflow"]
+sparsities = [0.9]
+[experiment.settings]
+calib_batches = 2
+calib_batch_size = 16
+recalibrate_layers = ["first:1", "last:1"]
+probe_samples = 0
+
+[[experiment]]
+name = "batch-size"
+models = ["resnet20"]
+datasets = ["synthetic"]
+methods = ["mp"]
+repairs = ["reflow"]
+sparsities = [0.9]
+[experiment.settings]
+calib_batches = 2
+calib_batch_size = 8
+probe_samples = 0
 """
 
 
@@ -45,18 +71,18 @@ def swept(tmp_path_factory) -> ResultStore:
     folder = tmp_path_factory.mktemp("sweep")
     (folder / "sweep.toml").write_text(SWEEP)
     experiments = load_sweep(folder / "sweep.toml")
-    assert [e.size() for e in experiments] == [8, 4]
+    assert [e.size() for e in experiments] == [8, 4, 2, 1]
     store = ResultStore(folder / "runs")
-    assert run_sweep(experiments, store, progress=False)["ran"] == 12
+    assert run_sweep(experiments, store, progress=False)["ran"] == 15
     return store
 
 
 def test_sweep_resumes_without_duplicates(swept, tmp_path) -> None:
     (tmp_path / "s.toml").write_text(SWEEP)
     counts = run_sweep(load_sweep(tmp_path / "s.toml"), swept, progress=False)
-    assert counts == {"done_before": 12, "ran": 0, "errors": 0}
+    assert counts == {"done_before": 15, "ran": 0, "errors": 0}
     frame = swept.read()
-    assert len(frame) == 12 and frame.run_id.is_unique
+    assert len(frame) == 15 and frame.run_id.is_unique
 
 
 @pytest.mark.parametrize(
@@ -105,11 +131,31 @@ def test_figures_from_stored_tables_only(swept, tmp_path) -> None:
         "hamming",
         "predictions",
         "calibration-batches",
+        "batch-size",
+        "layer-order",
     ):
         assert written[name], name
         for path in written[name]:
             assert path.stat().st_size > 1000
     assert {p.suffix for p in written["accuracy"]} == {".png", ".pdf"}
+
+
+def test_layer_order_ends_from_matching_runs(swept) -> None:
+    results = expand_config(swept.read())
+    order = results[results.recalibrate_layers.str.contains(":")]
+    assert len(order) == 2
+    levels = layer_order_levels(results, order)
+    assert set(levels) == {("none", 0.9), ("reflow", 0.9)}
+    full = results[
+        (results.method == "mp")
+        & (results.repair == "reflow")
+        & (results.sparsity == 0.9)
+        & (results.recalibrate_layers == "all")
+        & (results.calib_batches == 2)
+        & (results.calib_batch_size == 16)
+        & (results.seed == 0)
+    ]
+    assert levels[("reflow", 0.9)] == pytest.approx(full.top1.mean())
 
 
 def test_hamming_column(swept) -> None:
