@@ -24,6 +24,7 @@ class Accuracy:
             self.env, baselines.get_method(method), sparsity, 0, settings(), PhaseTimer()
         )
         repair_phase(self.env, model, repair, 0, settings())
-        return 100.0 - evaluate_phase(self.env, model, settings(probe_samples=0)).top1
+        top1 = evaluate_phase(self.env, model, settings(probe_samples=0)).top1
+        return round(100.0 - top1, 4)
 
     track_top1_error.unit = "%"

@@ -1,0 +1,60 @@
+"""The asv suite: parameterised from the registries, and set-up code that leaves alone the
+attributes asv reads from a benchmark (an instance ``timer`` once replaced asv's clock)."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from asv_suite import bench_accuracy, bench_phases, bench_synthetic
+from reflow.baselines import list_methods
+
+#: Attributes asv reads from a benchmark, class or instance, to decide how to run it.
+ASV_ATTRIBUTES = {
+    "timer",
+    "number",
+    "repeat",
+    "rounds",
+    "warmup_time",
+    "min_run_count",
+    "sample_time",
+    "timeout",
+    "params",
+    "param_names",
+    "pretty_name",
+    "version",
+    "unit",
+    "type",
+    "setup_cache",
+}
+CHEAPEST_PARAMS = {
+    bench_phases.SelectPhase: ("mp",),
+    bench_phases.RepairPhase: ("reflow",),
+    bench_phases.EvaluatePhase: (0,),
+    bench_accuracy.Accuracy: ("mp", "none", 0.8),
+    bench_synthetic.SyntheticSelect: ("mobilenet_v2", "mp"),
+    bench_synthetic.SyntheticRepair: ("mobilenet_v2",),
+}
+
+
+def test_every_benchmark_class_is_checked() -> None:
+    classes = {
+        cls
+        for module in (bench_accuracy, bench_phases, bench_synthetic)
+        for _, cls in inspect.getmembers(module, inspect.isclass)
+        if cls.__module__ == module.__name__
+    }
+    assert classes == set(CHEAPEST_PARAMS)
+
+
+def test_methods_come_from_the_registry() -> None:
+    assert bench_phases.SelectPhase.params[0] == list_methods()
+    assert bench_accuracy.Accuracy.params[0] == list_methods()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cls", list(CHEAPEST_PARAMS), ids=lambda cls: cls.__name__)
+def test_setup_leaves_asv_attributes_alone(shared_home, cls) -> None:
+    bench = cls()
+    bench.setup(*CHEAPEST_PARAMS[cls])
+    assert not ASV_ATTRIBUTES & set(vars(bench))
