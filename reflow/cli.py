@@ -258,15 +258,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         for e in experiments:
             print(f"  {e.name}: {e.size()} rows")
         return 0
-    start = time.perf_counter()
+    start, store = time.perf_counter(), ResultStore(args.out)
     counts = run_sweep(
-        experiments,
-        ResultStore(args.out),
-        pick_device(args.device),
-        args.data_root,
-        progress=not args.no_progress,
+        experiments, store, pick_device(args.device), args.data_root, progress=not args.no_progress
     )
-    return _summarise(counts, start, ResultStore(args.out))
+    return _summarise(counts, start, store)
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:

@@ -40,6 +40,14 @@ def method_colour(method: str) -> str:
     return plt.get_cmap("tab10")(index % 10)
 
 
+def sparsity_colours(sparsities: pd.Series) -> dict[float, tuple[float, ...]]:
+    """One colour per sparsity (dark = low, green-yellow = high), the same rule in every figure;
+    viridis stops at 0.9 because its pure yellow end fades on white paper."""
+    levels = sorted(sparsities.unique())
+    cmap = plt.get_cmap("viridis")
+    return {s: cmap(0.9 * i / max(1, len(levels) - 1)) for i, s in enumerate(levels)}
+
+
 def _finish(fig: plt.Figure, ax: plt.Axes, title: str, out: Path, name: str) -> list[Path]:
     ax.set_title(title)
     fig.tight_layout()
@@ -66,16 +74,14 @@ def variance_by_layer(
     if rows.empty:
         return []
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    sparsities = sorted(rows.sparsity.unique())
-    cmap = plt.get_cmap("viridis")
-    for i, s in enumerate(sparsities):
+    for s, colour in sparsity_colours(rows.sparsity).items():
         curve = rows[rows.sparsity == s].groupby("bn_index")["ratio"].mean()
         ax.plot(
             curve.index,
             curve.values,
             marker="o",
             ms=3,
-            color=cmap(i / max(1, len(sparsities) - 1)),
+            color=colour,
             label=f"sparsity {s:g}",
         )
     _bn_axis(ax, rows.drop_duplicates("bn_index").sort_values("bn_index")["layer"])
@@ -276,8 +282,7 @@ def _sweep_plot(
     if rows.empty:
         return []
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    cmap = plt.get_cmap("plasma")
-    sparsities = sorted(rows.sparsity.unique())
+    colour = sparsity_colours(rows.sparsity)
     for (method, s), g in _mean_std(rows, ["method", "sparsity", x], "top1").groupby(
         ["method", "sparsity"]
     ):
@@ -287,7 +292,7 @@ def _sweep_plot(
             yerr=g["std"].fillna(0),
             marker="o",
             capsize=2,
-            color=cmap(sparsities.index(s) / max(1, len(sparsities))),
+            color=colour[s],
             label=f"{method}+reflow, sparsity {s:g}",
         )
     if log:
@@ -354,16 +359,11 @@ def layer_order(probes: pd.DataFrame, results: pd.DataFrame, out: Path) -> list[
     if rows.empty:
         return []
     rows = rows.copy()
-    rows["direction"] = (
-        rows.recalibrate_layers.str.split(":")
-        .str[0]
-        .map({"first": "forward (first k)", "last": "backward (last k)"})
-    )
-    rows["k"] = rows.recalibrate_layers.str.split(":").str[1].astype(int)
+    parts = rows.recalibrate_layers.str.split(":", expand=True)  # "first:4" → first, 4
+    rows["direction"] = parts[0].map({"first": "forward (first k)", "last": "backward (last k)"})
+    rows["k"] = parts[1].astype(int)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    cmap = plt.get_cmap("viridis")
-    sparsities = sorted(rows.sparsity.unique())
-    colour = {s: cmap(i / max(1, len(sparsities))) for i, s in enumerate(sparsities)}
+    colour = sparsity_colours(rows.sparsity)
     for (direction, s), g in _mean_std(rows, ["direction", "sparsity", "k"], "top1").groupby(
         ["direction", "sparsity"]
     ):
