@@ -11,9 +11,10 @@ from reflow.baselines import (  # noqa: F401  (importing a module registers its 
     snip,
 )
 from reflow.baselines.base import Method, NoConfig, PruneContext, PruneResult, option
-from reflow.baselines.registry import get_method, get_method_class, list_methods, register
+from reflow.baselines.registry import METHODS, get_method, get_method_class, list_methods, register
 
 __all__ = [
+    "METHODS",
     "Method",
     "NoConfig",
     "PruneContext",

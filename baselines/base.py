@@ -6,7 +6,6 @@ seeds itself (it uses ``ctx.generator`` and wraps sub-steps in ``ctx.timer.phase
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,11 +17,25 @@ from torch import nn
 
 from reflow.data import Batch
 from reflow.errors import ReflowError
-from reflow.masks import Masks, prunable_parameters
+from reflow.masks import Masks, Pattern, global_masks, pattern_masks, prunable_parameters
+from reflow.options import NoConfig, describe_config, make_config, option
 from reflow.timing import PhaseTimer
 
-#: What a method may ask the harness for.
-NEEDS = frozenset({"train_data", "gradients"})
+#: What a method may ask the harness for: train data (a seeded sample of the train split),
+#: gradients (it back-propagates through the model), activations (a seeded calibration sample
+#: for capturing layer inputs with forward hooks).
+NEEDS = frozenset({"train_data", "gradients", "activations"})
+
+__all__ = [
+    "NEEDS",
+    "Method",
+    "NoConfig",
+    "PruneContext",
+    "PruneResult",
+    "describe_config",
+    "make_config",
+    "option",
+]
 
 
 @dataclass
@@ -33,8 +46,13 @@ class PruneContext:
     device: torch.device
     scope: str = "all"
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
-    #: ``train_sample(n_batches, batch_size)``: a seeded sample of the train split.
+    #: ``train_sample(n_batches, batch_size)``: a seeded sample of the train split (gradients).
     train_sample: Callable[[int, int], list[Batch]] | None = None
+    #: ``activation_sample(n_batches, batch_size)``: calibration images for layer inputs, a seeded
+    #: stream of its own (never the one REFLOW calibrates on).
+    activation_sample: Callable[[int, int], list[Batch]] | None = None
+    #: N:M pattern every score-based mask must follow, or None.
+    pattern: Pattern | None = None
     timer: PhaseTimer = field(default_factory=PhaseTimer)
 
     def prunable(self, model: nn.Module) -> dict[str, nn.Parameter]:
@@ -45,17 +63,28 @@ class PruneContext:
             raise ReflowError(f"method {method} needs train data but the harness supplied none")
         return self.train_sample
 
+    def require_activation_sample(self, method: str) -> Callable[[int, int], list[Batch]]:
+        if self.activation_sample is None:
+            raise ReflowError(
+                f"method {method} needs calibration activations but the harness supplied none"
+            )
+        return self.activation_sample
+
+    def select(self, scores: Mapping[str, torch.Tensor], sparsity: float) -> Masks:
+        """Keep the highest scores: globally, or N of every M when a pattern is set."""
+        if self.pattern is not None:
+            return pattern_masks(scores, self.pattern)
+        return global_masks(scores, sparsity)
+
 
 @dataclass
 class PruneResult:
     masks: Masks
     #: Method-reported facts for the result row, e.g. ``grad_samples``.
     info: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class NoConfig:
-    """For methods without options."""
+    #: A physically smaller model replacing the input (structured methods), else None. Its masks
+    #: are still given in the input model's coordinates, for sparsity accounting.
+    model: nn.Module | None = None
 
 
 class Method(ABC):
@@ -64,55 +93,18 @@ class Method(ABC):
     name: ClassVar[str]
     needs: ClassVar[frozenset[str]] = frozenset()
     updates_weights: ClassVar[bool] = False
+    #: Whether the mask comes from per-weight scores, so an N:M pattern can constrain it.
+    supports_pattern: ClassVar[bool] = False
     Config: ClassVar[type] = NoConfig
     summary: ClassVar[str] = ""
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
 
+    def applies_to(self, model: nn.Module) -> str | None:
+        """None when the method can prune ``model``, else the reason it cannot (one line)."""
+        return None
+
     @abstractmethod
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> PruneResult:
         """Masks for ``sparsity``; only methods with ``updates_weights`` may change weights."""
-
-
-def make_config(config_cls: type, overrides: Mapping[str, str]) -> Any:
-    """Build a frozen config from string overrides, converting by each field's default type."""
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
-    values: dict[str, Any] = {}
-    for key, raw in overrides.items():
-        if key not in fields:
-            valid = ", ".join(fields) or "none"
-            raise ReflowError(f"{config_cls.__qualname__} has no option {key!r}; options: {valid}")
-        default = fields[key].default
-        try:
-            values[key] = _convert(raw, default)
-        except ValueError as exc:
-            raise ReflowError(f"option {key}={raw!r}: {exc}") from exc
-    return config_cls(**values)
-
-
-def _convert(raw: str, default: Any) -> Any:
-    if isinstance(default, bool):
-        if raw.lower() in {"1", "true", "yes", "on"}:
-            return True
-        if raw.lower() in {"0", "false", "no", "off"}:
-            return False
-        raise ValueError("expected true or false")
-    if isinstance(default, int):
-        return int(raw)
-    if isinstance(default, float):
-        return float(raw)
-    return raw
-
-
-def describe_config(config_cls: type) -> list[str]:
-    """One line per option: name, default and help text (from the field's metadata)."""
-    return [
-        f"{f.name}={f.default!r}  {f.metadata.get('help', '')}".rstrip()
-        for f in dataclasses.fields(config_cls)
-    ]
-
-
-def option(default: Any, help: str) -> Any:
-    """A config field with help text, shown by ``reflow list``."""
-    return field(default=default, metadata={"help": help})

@@ -6,7 +6,7 @@ from reflow.baselines.base import Method, PruneContext, PruneResult
 from reflow.baselines.registry import register
 from torch import nn
 
-from reflow.masks import global_masks, layerwise_masks
+from reflow.masks import layerwise_masks
 
 
 def magnitude_scores(model: nn.Module, ctx: PruneContext) -> dict:
@@ -17,10 +17,11 @@ def magnitude_scores(model: nn.Module, ctx: PruneContext) -> dict:
 class GlobalMagnitude(Method):
     name = "mp"
     summary = "global magnitude: one |w| threshold across all prunable layers"
+    supports_pattern = True
 
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> PruneResult:
         with ctx.timer.phase("solve"):
-            return PruneResult(global_masks(magnitude_scores(model, ctx), sparsity))
+            return PruneResult(ctx.select(magnitude_scores(model, ctx), sparsity))
 
 
 @register

@@ -7,13 +7,12 @@ from reflow.baselines.base import Method, PruneContext, PruneResult
 from reflow.baselines.registry import register
 from torch import nn
 
-from reflow.masks import global_masks
-
 
 @register
 class RandomPruning(Method):
     name = "random"
     summary = "uniformly random weights across all prunable layers (seeded)"
+    supports_pattern = True
 
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> PruneResult:
         with ctx.timer.phase("solve"):
@@ -21,4 +20,4 @@ class RandomPruning(Method):
                 name: torch.rand(p.shape, generator=ctx.generator).to(p.device)
                 for name, p in ctx.prunable(model).items()
             }
-            return PruneResult(global_masks(scores, sparsity))
+            return PruneResult(ctx.select(scores, sparsity))

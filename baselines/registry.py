@@ -1,34 +1,27 @@
-"""Registry of pruning methods: a decorator and a dict that refuses duplicate names."""
+"""Registry of pruning methods (the project's one registry shape, `reflow.registry.Registry`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from reflow.baselines.base import Method, make_config
+from reflow.baselines.base import Method
 
-from reflow.errors import ReflowError, unknown_name
+from reflow.options import make_config
+from reflow.registry import Registry
 
-_METHODS: dict[str, type[Method]] = {}
-
-
-def register(cls: type[Method]) -> type[Method]:
-    if cls.name in _METHODS:
-        raise ReflowError(f"method name {cls.name!r} is registered twice")
-    _METHODS[cls.name] = cls
-    return cls
+METHODS: Registry[type[Method]] = Registry("method")
+register = METHODS.register
 
 
 def list_methods() -> list[str]:
-    return list(_METHODS)
+    return METHODS.names()
 
 
 def get_method_class(name: str) -> type[Method]:
-    if name not in _METHODS:
-        raise unknown_name("method", name, _METHODS)
-    return _METHODS[name]
+    return METHODS.get(name)
 
 
 def get_method(name: str, options: dict[str, Any] | None = None) -> Method:
     """An instance of method ``name`` with string ``options`` applied to its Config."""
     cls = get_method_class(name)
-    return cls(make_config(cls.Config, options or {}))
+    return cls(make_config(cls.Config, options or {}, owner=name))

@@ -23,7 +23,7 @@ from reflow.baselines.registry import register
 from torch import nn
 
 from reflow.errors import ReflowError
-from reflow.masks import Masks, global_masks
+from reflow.masks import Masks
 
 UPDATES = ("exact", "woodfisher")
 
@@ -56,7 +56,9 @@ class FisherConfig:
 class ObdConfig(FisherConfig):
     """OBD uses the Fisher diagonal only: blocks of one weight."""
 
-    block_size: int = option(1, "fixed at 1: OBD is the diagonal approximation")
+    block_size: int = option(
+        1, "OBD is the diagonal approximation: blocks of one weight", fixed=True
+    )
 
 
 def fisher_inverse(
@@ -88,12 +90,11 @@ def fisher_inverse(
     return layout, inverse
 
 
-def obs_masks(
-    layout: BlockLayout, weights: torch.Tensor, inverse: torch.Tensor, sparsity: float
-) -> Masks:
-    """Global threshold on the OBS statistic; padding slots can never be pruned."""
-    stat = obs_statistic(weights, inverse).masked_fill(layout.padding(weights.device), torch.inf)
-    return global_masks(layout.from_blocks(stat), sparsity)
+def obs_scores(
+    layout: BlockLayout, weights: torch.Tensor, inverse: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The OBS statistic per layer; padding slots never reach a layer's tensor."""
+    return layout.from_blocks(obs_statistic(weights, inverse))
 
 
 def apply_obs_update(
@@ -121,6 +122,7 @@ def apply_obs_update(
 
 class _FisherMethod(Method):
     needs = frozenset({"train_data", "gradients"})
+    supports_pattern = True
     Config = FisherConfig
     #: How the mask is chosen: "obs" (statistic) or "magnitude".
     selection = "obs"
@@ -131,9 +133,10 @@ class _FisherMethod(Method):
         weights = layout.to_blocks({n: p.detach() for n, p in params.items()}).to(inverse.dtype)
         with ctx.timer.phase("solve"):
             if self.selection == "obs":
-                masks = obs_masks(layout, weights, inverse, sparsity)
+                scores = obs_scores(layout, weights, inverse)
             else:
-                masks = global_masks({n: p.detach().abs() for n, p in params.items()}, sparsity)
+                scores = {n: p.detach().abs() for n, p in params.items()}
+            masks = ctx.select(scores, sparsity)
         if self.updates_weights:
             with ctx.timer.phase("update"):
                 apply_obs_update(model, ctx, layout, weights, inverse, masks, self.config)

@@ -13,7 +13,6 @@ from reflow.baselines.registry import register
 from torch import nn
 
 from reflow.errors import ReflowError
-from reflow.masks import global_masks
 
 
 @dataclass(frozen=True)
@@ -50,6 +49,7 @@ class Snip(Method):
     name = "snip"
     summary = "SNIP connection sensitivity |dL/dw * w| (Lee et al. 2019), global threshold"
     needs = frozenset({"train_data", "gradients"})
+    supports_pattern = True
     Config = SnipConfig
 
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> PruneResult:
@@ -60,5 +60,5 @@ class Snip(Method):
             grads = mean_gradient(model, params, batches, ctx)
         with ctx.timer.phase("solve"):
             scores = {n: (grads[n] * p.detach()).abs() for n, p in params.items()}
-            masks = global_masks(scores, sparsity)
+            masks = ctx.select(scores, sparsity)
         return PruneResult(masks, {"grad_samples": self.config.batches * self.config.batch_size})

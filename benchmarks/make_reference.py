@@ -16,6 +16,7 @@ from pathlib import Path
 from reflow.baselines import list_methods
 
 from reflow.harness import Grid, Settings, pick_device, run_grid
+from reflow.plan import row_config_hash
 from reflow.results import ResultStore, write_csv_atomic
 
 REFERENCE = Path(__file__).resolve().parent / "reference" / "resnet20_cifar10jpeg.csv"
@@ -42,6 +43,7 @@ COLUMNS = [
     "device",
     "torch",
     "git_commit",
+    "config",
 ]
 
 
@@ -80,11 +82,7 @@ def main() -> None:
 
 
 def _default_hashes() -> set[str]:
-    from reflow import baselines
-    from reflow.harness import row_config
-    from reflow.provenance import config_hash
-
-    return {config_hash(row_config(baselines.get_method(m), Settings())) for m in list_methods()}
+    return {row_config_hash(m, r, Settings()) for m in list_methods() for r in REPAIRS}
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import pytest
 from asv_suite import bench_accuracy, bench_phases, bench_synthetic
 from reflow.baselines import list_methods
 
+from reflow.repairs import list_repairs
+
 #: Attributes asv reads from a benchmark, class or instance, to decide how to run it.
 ASV_ATTRIBUTES = {
     "timer",
@@ -47,9 +49,10 @@ def test_every_benchmark_class_is_checked() -> None:
     assert classes == set(CHEAPEST_PARAMS)
 
 
-def test_methods_come_from_the_registry() -> None:
+def test_methods_and_repairs_come_from_the_registries() -> None:
     assert bench_phases.SelectPhase.params[0] == list_methods()
     assert bench_accuracy.Accuracy.params[0] == list_methods()
+    assert bench_phases.RepairPhase.params[0] == [r for r in list_repairs() if r != "none"]
 
 
 @pytest.mark.slow

@@ -57,7 +57,7 @@ def test_reflow_far_above_mp(tables, sparsity: float, margin: float) -> None:
 def test_deepest_bn_variance_collapses_and_recovers(tables) -> None:
     _, probes = tables
     at90 = probes[(probes.method == "mp") & (probes.sparsity == 0.9)]
-    deepest = at90[at90.bn_index == at90.bn_index.max()]
+    deepest = at90[at90.norm_index == at90.norm_index.max()]
     before = float(deepest[deepest.repair == "none"].ratio.iloc[0])
     after = float(deepest[deepest.repair == "reflow"].ratio.iloc[0])
     layer = deepest.layer.iloc[0]

@@ -1,8 +1,14 @@
 """CIFAR ResNets (He et al. 2016, option-A shortcuts), state-dict compatible with the public
 checkpoints of Idelbayev's pytorch_resnet_cifar10 (``conv1``, ``bn1``, ``layerN.M.*``, ``linear``).
+
+The normalisation layer is a choice, as torchvision's ``norm_layer``: BatchNorm (the default) or
+LayerNorm over channels and positions (``GroupNorm(1, C)``, no running statistics), with the
+module names kept (``bn1``, ``layerN.M.bn1/bn2``) so checkpoints map one to one.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,13 +29,27 @@ class PadShortcut(nn.Module):
         return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
 
 
+NormLayer = Callable[[int], nn.Module]
+
+
+def layer_norm(channels: int) -> nn.GroupNorm:
+    """LayerNorm for images: each sample normalised over channels and positions, per-channel
+    affine; it keeps no running statistics."""
+    return nn.GroupNorm(1, channels)
+
+
+NORMS: dict[str, NormLayer] = {"batch": nn.BatchNorm2d, "layer": layer_norm}
+
+
 class BasicBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+    def __init__(
+        self, in_planes: int, planes: int, stride: int, norm: NormLayer = nn.BatchNorm2d
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = norm(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = norm(planes)
         needs_shortcut = stride != 1 or in_planes != planes
         self.shortcut: nn.Module = PadShortcut(planes) if needs_shortcut else nn.Identity()
 
@@ -40,16 +60,18 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, blocks_per_stage: int, num_classes: int = 10) -> None:
+    def __init__(
+        self, blocks_per_stage: int, num_classes: int = 10, norm: NormLayer = nn.BatchNorm2d
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
+        self.bn1 = norm(16)
         planes = 16
         stages = []
         for width, stride in ((16, 1), (32, 2), (64, 2)):
             blocks = []
             for i in range(blocks_per_stage):
-                blocks.append(BasicBlock(planes, width, stride if i == 0 else 1))
+                blocks.append(BasicBlock(planes, width, stride if i == 0 else 1, norm))
                 planes = width
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
@@ -65,6 +87,6 @@ class CifarResNet(nn.Module):
         return self.linear(out)
 
 
-def cifar_resnet(depth: int, num_classes: int = 10) -> CifarResNet:
-    """A CIFAR ResNet of the given depth (20, 32, 44, 56 or 110)."""
-    return CifarResNet(DEPTHS[depth], num_classes)
+def cifar_resnet(depth: int, num_classes: int = 10, norm: str = "batch") -> CifarResNet:
+    """A CIFAR ResNet of the given depth (20, 32, 44, 56 or 110); ``norm`` is batch or layer."""
+    return CifarResNet(DEPTHS[depth], num_classes, NORMS[norm])

@@ -1,4 +1,5 @@
-"""The ``reflow`` command line: run, table, collapse, list."""
+"""The ``reflow`` command line: run, sweep, prune, table, collapse, plot, report, export, merge,
+list."""
 
 from __future__ import annotations
 
@@ -11,21 +12,30 @@ from pathlib import Path
 import pandas as pd
 
 from reflow import baselines
-from reflow.baselines.base import describe_config
 from reflow.data import list_datasets
 from reflow.errors import ReflowError
-from reflow.harness import Grid, Settings, pick_device, run_grid
-from reflow.recalibrate import REPAIRS
+from reflow.execute import ExecEnv, load_plugins
+from reflow.executors import EXECUTORS, Executor, get_executor
+from reflow.harness import Grid
+from reflow.masks import SCOPES, Pattern
+from reflow.options import describe_config
+from reflow.plan import Experiment, validate
+from reflow.repairs import REPAIRS
 from reflow.results import ResultStore
-from reflow.tables import FORMATS, accuracy_table, expand_config, filter_rows, render, with_defaults
+from reflow.runner import run_experiments
+from reflow.settings import DENSE_BN, Settings
+from reflow.tables import FORMATS, LAYOUTS, table_for
 from reflow.zoo import MODELS
 
 EPILOG = """examples:
   REFLOW_HOME=../shared reflow run --model resnet20 --dataset cifar10-jpeg \\
       --method mp,random --repair none,reflow --sparsity 0.4,0.5,0.6,0.7,0.8,0.9 --out runs/table1
-  reflow table runs/table1 --format markdown
+  reflow sweep configs/paper/table1.toml --out runs/paper --executor dask --workers 2
+  reflow prune --model resnet20 --dataset cifar10-jpeg --method mp --sparsity 0.8 \\
+      --repair reflow --save pruned.pt
+  reflow table runs/table1 --format markdown        # --layout paper: MP | WF | CBS | CHITA | REFLOW
   reflow collapse runs/table1 --model resnet20 --method mp --sparsity 0.9
-  reflow list
+  reflow list --verbose
 """
 
 
@@ -39,23 +49,91 @@ def _csv(cast: Callable[[str], object]) -> Callable[[str], tuple]:
     return parse
 
 
-def _method_options(pairs: Sequence[str]) -> dict[str, dict[str, str]]:
+def parse_options(pairs: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``NAME.OPTION=VALUE`` pairs (NAME a method or a repair) as nested dicts."""
     options: dict[str, dict[str, str]] = {}
     for pair in pairs:
         target, eq, value = pair.partition("=")
-        method, dot, key = target.partition(".")
-        if not (eq and dot and method and key):
+        name, dot, key = target.partition(".")
+        if not (eq and dot and name and key):
             raise ReflowError(
-                f"--set takes METHOD.OPTION=VALUE (e.g. mp_mt.min_density=0.01), got {pair!r}"
+                f"--set takes NAME.OPTION=VALUE for a method or repair (e.g. "
+                f"mp_mt.min_density=0.01), got {pair!r}"
             )
-        options.setdefault(method, {})[key] = value
+        options.setdefault(name, {})[key] = value
     return options
+
+
+def _key_values(pairs: Sequence[str], flag: str) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not (eq and key):
+            raise ReflowError(f"{flag} takes OPTION=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def _add_execution(p: argparse.ArgumentParser) -> None:
+    """Flags shared by run and sweep: device, data, executor, plugins, progress."""
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (in each worker)")
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="folder with the dataset folders (default: $REFLOW_HOME/data)",
+    )
+    p.add_argument(
+        "--executor",
+        default="serial",
+        choices=EXECUTORS.names(),
+        help="where tasks run: serial (this process), dask (Dask distributed), submitit (SLURM)",
+    )
+    p.add_argument("--workers", type=int, help="dask: worker processes of a local cluster")
+    p.add_argument("--threads", type=int, help="dask/submitit: torch threads per worker")
+    p.add_argument("--gpus", help="dask: comma list of GPU ids, one worker pinned to each")
+    p.add_argument("--scheduler", help="dask: address of an existing cluster's scheduler")
+    p.add_argument(
+        "--executor-set",
+        action="append",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="any other executor option; see `reflow list --verbose`",
+    )
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE (in every worker) first, e.g. one registering your own method",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _executor(args: argparse.Namespace, out: Path) -> Executor:
+    options = _key_values(args.executor_set, "--executor-set")
+    for flag in ("workers", "threads", "gpus", "scheduler"):
+        value = getattr(args, flag)
+        if value is not None:
+            options[flag] = str(value)
+    if args.executor == "submitit":
+        options.setdefault("folder", str(out / "submitit"))
+    return get_executor(args.executor, options)
+
+
+def _env(args: argparse.Namespace) -> ExecEnv:
+    return ExecEnv(
+        args.device,
+        str(args.data_root) if args.data_root else None,
+        not args.no_progress,
+        tuple(args.plugin),
+    )
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
-        help="prune, repair and evaluate a grid; append rows to OUT/results.csv",
+        help="prune, repair and evaluate a grid; rows into OUT/results.sqlite",
         description="Run every (model, checkpoint, dataset, method, repair, sparsity, seed) row "
         "not already in OUT. Safe to interrupt: finished rows are kept, rerunning resumes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -66,7 +144,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--repair", type=_csv(str), default=("none", "reflow"), help="comma list of repairs"
     )
-    p.add_argument("--sparsity", type=_csv(float), required=True, help="comma list in [0, 1)")
+    p.add_argument(
+        "--sparsity",
+        type=_csv(float),
+        default=None,
+        help="comma list in [0, 1); implied by --pattern",
+    )
     p.add_argument("--seed", type=_csv(int), default=(0,), help="comma list of seeds")
     p.add_argument(
         "--checkpoint",
@@ -76,80 +159,107 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "best on the dataset",
     )
     p.add_argument("--out", type=Path, required=True, help="results folder")
-    p.add_argument(
-        "--scope", default="all", choices=["all", "blocks", "chita"], help="prunable weights"
-    )
+    _add_settings(p)
+    _add_execution(p)
+    p.set_defaults(func=_cmd_run)
+
+
+def _add_settings(p: argparse.ArgumentParser) -> None:
+    """The harness settings (`reflow.settings.Settings`), shared by run and prune."""
+    p.add_argument("--scope", default="all", choices=SCOPES, help="prunable weights")
     p.add_argument("--calib-batches", type=int, default=50, help="calibration batches for repairs")
     p.add_argument("--calib-batch-size", type=int, default=128, help="calibration batch size")
     p.add_argument(
         "--recalibrate-layers",
         default="all",
-        help="BN layers a repair recalibrates: all, first:K or last:K",
+        help="normalisation layers a repair works on: all, first:K or last:K",
     )
     p.add_argument("--eval-batch-size", type=int, default=500)
     p.add_argument(
         "--probe-samples",
         type=int,
         default=2000,
-        help="test inputs the BN variance probe covers (0 = off)",
+        help="test inputs the variance probe covers (0 = off)",
+    )
+    p.add_argument(
+        "--dense-bn",
+        default="checkpoint",
+        choices=list(DENSE_BN),
+        help="dense BN statistics before pruning: as stored, or re-estimated on the train split "
+        "(CHITA's and M-FAC's ResNet-20 scripts do this)",
+    )
+    p.add_argument(
+        "--pattern",
+        default="",
+        metavar="N:M",
+        help="keep N of every M consecutive input weights (e.g. 2:4); sparsity is 1 - N/M",
     )
     p.add_argument(
         "--set",
         dest="options",
         action="append",
         default=[],
-        metavar="METHOD.OPT=VALUE",
-        help="method option, repeatable; see `reflow list --verbose`",
+        metavar="NAME.OPT=VALUE",
+        help="method or repair option, repeatable; see `reflow list --verbose`",
     )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument(
-        "--data-root",
-        type=Path,
-        default=None,
-        help="folder with the dataset folders (default: $REFLOW_HOME/data)",
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings(
+        scope=args.scope,
+        calib_batches=args.calib_batches,
+        calib_batch_size=args.calib_batch_size,
+        recalibrate_layers=args.recalibrate_layers,
+        eval_batch_size=args.eval_batch_size,
+        probe_samples=args.probe_samples,
+        dense_bn=args.dense_bn,
+        pattern=args.pattern,
+        options=parse_options(args.options),
     )
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.set_defaults(func=_cmd_run)
+
+
+def _sparsities(args: argparse.Namespace, settings: Settings) -> tuple[float, ...]:
+    """``--sparsity``, or the one a ``--pattern`` implies (a conflict is reported by the plan)."""
+    if args.sparsity:
+        return args.sparsity
+    if settings.pattern:
+        return (Pattern.parse(settings.pattern).sparsity,)
+    raise ReflowError("--sparsity is required (or --pattern N:M, which implies it)")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
     grid = Grid(
         args.model,
         args.dataset,
         args.method,
         args.repair,
-        args.sparsity,
+        _sparsities(args, settings),
         args.seed,
         args.checkpoint,
     )
-    settings = Settings(
-        args.scope,
-        args.calib_batches,
-        args.calib_batch_size,
-        args.recalibrate_layers,
-        args.eval_batch_size,
-        args.probe_samples,
-        _method_options(args.options),
-    )
-    grid.validate()
-    store = ResultStore(args.out)
-    start = time.perf_counter()
-    counts = run_grid(
-        grid,
-        store,
-        settings,
-        pick_device(args.device),
-        args.data_root,
-        progress=not args.no_progress,
-    )
+    experiments = [Experiment("run", grid, (settings,))]
+    return _run(experiments, args)
+
+
+def _run(experiments: list[Experiment], args: argparse.Namespace) -> int:
+    """Validate everything, then open the store and run: bad input writes nothing."""
+    env, executor = _env(args), _executor(args, args.out)
+    load_plugins(env.plugins)
+    validate(experiments, args.data_root)
+    executor.check()
+    start, store = time.perf_counter(), ResultStore(args.out)
+    counts = run_experiments(experiments, store, executor, env, progress=not args.no_progress)
     return _summarise(counts, start, store)
 
 
 def _summarise(counts: dict[str, int], start: float, store: ResultStore) -> int:
     """Print what a run or sweep did; exit status 1 when any row ended in an error."""
+    shared = f", {counts['duplicates']} declared twice" if counts.get("duplicates") else ""
     print(
         f"{counts['ran']} rows run ({counts['errors']} with errors), {counts['done_before']} "
-        f"already done, in {time.perf_counter() - start:.1f} s; results in {store.path('results')}"
+        f"already done{shared}, in {time.perf_counter() - start:.1f} s; results in "
+        f"{store.folder / 'results.sqlite'} (CSV exports beside it)"
     )
     return 1 if counts["errors"] else 0
 
@@ -165,25 +275,27 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
 
 def _cmd_table(args: argparse.Namespace) -> int:
     frame = ResultStore(args.folder, create=False).read()
-    rows = filter_rows(
+    for title, text in table_for(
         frame,
+        layout=args.layout,
+        fmt=args.format,
+        metric=args.metric,
+        digits=args.digits,
         model=args.model,
         dataset=args.dataset,
         checkpoint=args.checkpoint,
         method=args.method,
         repair=args.repair,
-    )
-    rows = with_defaults(expand_config(rows))  # one repair configuration per table, never mixed
-    for (model, ckpt, dataset), group in rows.groupby(["model", "checkpoint", "dataset"]):
-        mean, std = accuracy_table(group, args.metric)
-        dense = group["dense_top1"].iloc[0]
-        if len(rows.groupby(["model", "checkpoint", "dataset"])) > 1 or args.format != "csv":
-            print(f"\n{model} ({ckpt}) on {dataset}: {args.metric}, dense top-1 {dense:.2f}\n")
-        print(render(mean, std, args.format, args.digits))
+    ):
+        if title:
+            print(f"\n{title}\n")
+        print(text)
     return 0
 
 
 def _cmd_collapse(args: argparse.Namespace) -> int:
+    from reflow.tables import filter_rows
+
     store = ResultStore(args.folder, create=False)
     probes = store.read("probes")
     rows = filter_rows(
@@ -197,11 +309,14 @@ def _cmd_collapse(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     table = rows.pivot_table(
-        index=["bn_index", "layer"], columns="repair", values="ratio", aggfunc="mean"
+        index=["norm_index", "layer"], columns="repair", values="ratio", aggfunc="mean"
     ).sort_index()
     table.columns.name = None
-    print("post-BN variance ratio var_pruned/var_dense (1 = no collapse), mean over seeds\n")
-    print(table.droplevel("bn_index").to_markdown(floatfmt=".4f"))
+    print(
+        "output variance ratio var_pruned/var_dense per normalisation layer "
+        "(1 = no collapse), mean over seeds\n"
+    )
+    print(table.droplevel("norm_index").to_markdown(floatfmt=".4f"))
     layers = filter_rows(
         store.read("layers"),
         model=args.model,
@@ -227,19 +342,33 @@ def _cmd_collapse(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    def options(config: type, name: str) -> None:
+        if args.verbose:
+            for line in describe_config(config):
+                print(f"      --set {name}.{line}")
+
     print("methods:")
     for name in baselines.list_methods():
         cls = baselines.get_method_class(name)
         needs = ", ".join(sorted(cls.needs)) or "nothing"
+        extras = "; N:M patterns" if cls.supports_pattern else ""
         print(
-            f"  {name:<10} {cls.summary}  [needs {needs}; updates weights: {cls.updates_weights}]"
+            f"  {name:<12} {cls.summary}  [needs {needs}; updates weights: "
+            f"{cls.updates_weights}{extras}]"
         )
+        options(cls.Config, name)
+    print("repairs:")
+    for name, cls in REPAIRS.items():
+        needs = ", ".join(sorted(cls.needs)) or "nothing"
+        print(f"  {name:<16} {cls.summary}  [needs {needs}]")
+        options(cls.Config, name)
+    print("executors:")
+    for name, cls in EXECUTORS.items():
+        extra = f' (pip install -e ".[{cls.extra}]")' if cls.extra else ""
+        print(f"  {name:<10} {cls.summary}{extra}")
         if args.verbose:
             for line in describe_config(cls.Config):
-                print(f"      --set {name}.{line}")
-    print("repairs:")
-    for name, recipe in REPAIRS.items():
-        print(f"  {name:<10} {recipe.summary if recipe else 'no repair'}")
+                print(f"      --executor-set {line}")
     print("models:")
     for name, entry in MODELS.items():
         ckpts = ", ".join(f"{c.name} ({c.file})" for c in entry.checkpoints)
@@ -248,8 +377,22 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="run the grids declared in a TOML file (resumable)",
+        description="Run every [[experiment]] of CONFIG into one results folder. Rows shared by "
+        "several experiments run once; an interrupted sweep resumes where it stopped.",
+    )
+    p.add_argument("config", type=Path, help="sweep file, e.g. configs/paper/table1.toml")
+    p.add_argument("--out", type=Path, required=True, help="results folder")
+    p.add_argument("--dry-run", action="store_true", help="count rows and stop")
+    _add_execution(p)
+    p.set_defaults(func=_cmd_sweep)
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from reflow.sweep import load_sweep, run_sweep
+    from reflow.sweep import load_sweep
 
     experiments = load_sweep(args.config)
     total = sum(e.size() for e in experiments)
@@ -258,11 +401,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         for e in experiments:
             print(f"  {e.name}: {e.size()} rows")
         return 0
-    start, store = time.perf_counter(), ResultStore(args.out)
-    counts = run_sweep(
-        experiments, store, pick_device(args.device), args.data_root, progress=not args.no_progress
-    )
-    return _summarise(counts, start, store)
+    return _run(experiments, args)
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -282,6 +421,23 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    store = ResultStore(args.folder, create=False)
+    for path in store.export(args.format, args.to):
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from reflow.executors.shards import merge_shards
+
+    store = ResultStore(args.folder)
+    added, skipped = merge_shards(store, args.shards or args.folder / "submitit" / "shards")
+    store.export("csv")
+    print(f"merged {added} rows ({skipped} already in the store) into {store.folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reflow",
@@ -291,33 +447,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(sub)
+    _add_sweep(sub)
 
     p = sub.add_parser("table", help="Table 1 layout: sparsity rows × method columns, best in bold")
     _add_filters(p)
     p.add_argument("--format", default="markdown", choices=FORMATS)
+    p.add_argument(
+        "--layout",
+        default="methods",
+        choices=list(LAYOUTS),
+        help="; ".join(f"{k}: {v}" for k, v in LAYOUTS.items()),
+    )
     p.add_argument("--metric", default="top1", help="column to tabulate (top1, top5, loss, ...)")
     p.add_argument("--digits", type=int, default=2)
     p.set_defaults(func=_cmd_table)
 
-    p = sub.add_parser("collapse", help="layer-wise BN variance ratios and per-layer densities")
+    p = sub.add_parser("collapse", help="layer-wise variance ratios and per-layer densities")
     _add_filters(p)
     p.add_argument("--sparsity", type=float, required=True)
     p.add_argument("--seed", type=_csv(int), default=None)
     p.add_argument("--verbose", "-v", action="store_true", help="print every layer's density")
     p.set_defaults(func=_cmd_collapse)
-
-    p = sub.add_parser(
-        "sweep",
-        help="run the grids declared in a TOML file (resumable)",
-        description="Run every [[experiment]] of CONFIG into one results folder.",
-    )
-    p.add_argument("config", type=Path, help="sweep file, e.g. configs/paper/table1.toml")
-    p.add_argument("--out", type=Path, required=True, help="results folder")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--data-root", type=Path, default=None)
-    p.add_argument("--dry-run", action="store_true", help="count rows and stop")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_cmd_sweep)
 
     from reflow.plots import FIGURES
 
@@ -332,8 +482,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("report/report.md"))
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("list", help="methods, repairs, models and datasets")
-    p.add_argument("--verbose", "-v", action="store_true", help="show method options")
+    p = sub.add_parser("export", help="write the store's tables as CSV (or parquet) files")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--format", default="csv", choices=["csv", "parquet"])
+    p.add_argument("--to", type=Path, default=None, help="target folder (default: FOLDER)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "merge",
+        help="fold submitit shard files into the store (after the driver is gone)",
+        description="Insert every row of FOLDER/submitit/shards/*.json not already in the store; "
+        "safe to repeat.",
+    )
+    p.add_argument("folder", type=Path)
+    p.add_argument("--shards", type=Path, default=None, help="shard folder, if elsewhere")
+    p.set_defaults(func=_cmd_merge)
+
+    p = sub.add_parser("list", help="methods, repairs, executors, models and datasets")
+    p.add_argument("--verbose", "-v", action="store_true", help="show options")
     p.set_defaults(func=_cmd_list)
     return parser
 

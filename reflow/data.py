@@ -248,6 +248,23 @@ def list_datasets() -> list[str]:
     return list(_LOADERS)
 
 
+def check_dataset(name: str, root: Path | None = None) -> None:
+    """Raise now, before any row runs, if ``name``'s folders are missing (nothing is decoded)."""
+    if name not in _LOADERS:
+        raise unknown_name("dataset", name, _LOADERS)
+    base = Path(root) if root else paths.data_root()
+    needed = {
+        "cifar10-jpeg": ("cifar10-jpeg/train", "cifar10-jpeg/test"),
+        "imagenet": ("imagenet/train", "imagenet/val"),
+    }.get(name, ())
+    for folder in needed:
+        _require_dir(
+            base / folder,
+            "Set REFLOW_HOME (e.g. REFLOW_HOME=../shared) or pass --data-root; see "
+            "datasets/README.md.",
+        )
+
+
 def load_dataset(name: str, root: Path | None = None, input_size: int = 32) -> ImageData:
     """Load dataset ``name`` from ``root`` (default: `reflow.paths.data_root`)."""
     if name not in _LOADERS:

@@ -1,8 +1,9 @@
 """Evaluation with signal-collapse probes in a single pass over the test split.
 
-The probe is a forward hook on every BN layer that accumulates the variance of its output over all
-elements (batch, channels, positions; paper Eq. 24–25). Comparing these per layer between the
-dense and the pruned model on the same inputs gives the variance ratio that reveals collapse.
+The probe is a forward hook on every normalisation layer (BatchNorm, GroupNorm/LayerNorm, …) that
+accumulates the variance of its output over all elements (batch, channels, positions; paper
+Eq. 24–25). Comparing these per layer between the dense and the pruned model on the same inputs
+gives the variance ratio that reveals collapse, in networks with or without BatchNorm.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from reflow.data import Batch
-from reflow.recalibrate import batchnorm_layers
+from reflow.norms import norm_layers
 
 
 @dataclass
@@ -28,8 +29,8 @@ class Evaluation:
     samples: int
     #: Count of test inputs predicted as each class.
     predictions: list[int]
-    #: Post-BN variance over all elements, per BN layer name.
-    bn_variance: dict[str, float]
+    #: Output variance over all elements, per normalisation layer name.
+    norm_variance: dict[str, float]
 
     @property
     def top_class_share(self) -> float:
@@ -68,9 +69,9 @@ class _VarianceAccumulator:
 
 
 @contextmanager
-def bn_variance_probe(model: nn.Module) -> Iterator[dict[str, _VarianceAccumulator]]:
-    """Hooks on every BN layer for the duration of the block; yields the accumulators."""
-    modules = batchnorm_layers(model)
+def variance_probe(model: nn.Module) -> Iterator[dict[str, _VarianceAccumulator]]:
+    """Hooks on every normalisation layer for the duration of the block; yields accumulators."""
+    modules = norm_layers(model)
     accumulators = {name: _VarianceAccumulator() for name in modules}
     handles = [modules[n].register_forward_hook(acc) for n, acc in accumulators.items()]
     try:
@@ -89,7 +90,7 @@ def evaluate(
     probe_samples: int | None = None,
     progress: bool = False,
 ) -> Evaluation:
-    """Top-1/top-5 (%), mean loss, prediction histogram and per-layer BN variances.
+    """Top-1/top-5 (%), mean loss, prediction histogram and per-layer output variances.
 
     The variance probe covers the first ``probe_samples`` inputs (all when None, none when 0),
     since it costs about as much as a third of the forward pass; accuracy always covers them all.
@@ -100,7 +101,7 @@ def evaluate(
     predictions = torch.zeros(num_classes, dtype=torch.int64)
     topk = min(5, num_classes)
     with ExitStack() as probing:
-        accumulators = probing.enter_context(bn_variance_probe(model)) if probe_samples != 0 else {}
+        accumulators = probing.enter_context(variance_probe(model)) if probe_samples != 0 else {}
         for x, y in tqdm(batches, desc="evaluate", leave=False, disable=not progress):
             if probe_samples is not None and samples >= probe_samples:
                 probing.close()
@@ -118,10 +119,10 @@ def evaluate(
         loss=loss_sum / samples,
         samples=samples,
         predictions=predictions.tolist(),
-        bn_variance={n: a.variance for n, a in accumulators.items()},
+        norm_variance={n: a.variance for n, a in accumulators.items()},
     )
 
 
 def variance_ratios(pruned: Evaluation, dense: Evaluation) -> dict[str, float]:
-    """``var_pruned / var_dense`` per BN layer (paper's signal-collapse measure)."""
-    return {n: pruned.bn_variance[n] / dense.bn_variance[n] for n in dense.bn_variance}
+    """``var_pruned / var_dense`` per normalisation layer (paper's signal-collapse measure)."""
+    return {n: pruned.norm_variance[n] / dense.norm_variance[n] for n in dense.norm_variance}

@@ -1,25 +1,21 @@
-"""The harness: one code path from a model to a tidy result row.
+"""The harness phases: one code path from a model to a result row.
 
     load ─► dense evaluation ─► select (method: collect/solve/update) ─► apply
-          ─► repair (none | reflow | adabn | bnt) ─► evaluate + probe ─► row
+          ─► repair (any registered repair) ─► evaluate + probe
 
 Selection runs once per (method, sparsity, seed) and each repair starts from a copy of the same
 pruned model, so every table is a clean factorial design and expensive selections are not
-repeated. The phase functions below are also what the asv benchmarks call.
+repeated. The phase functions below are what `reflow.execute` runs for each task and what the asv
+benchmarks call. `run_grid` is the short way to run a grid in this process.
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
-import json
 import math
-import traceback
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -27,49 +23,26 @@ from tqdm.auto import tqdm
 
 from reflow import baselines
 from reflow.baselines.base import PruneContext, PruneResult
-from reflow.data import ImageData, list_datasets, load_dataset
+from reflow.data import Batch, ImageData, list_datasets, load_dataset
 from reflow.errors import ReflowError, unknown_name
-from reflow.evaluate import Evaluation, evaluate, variance_ratios
+from reflow.evaluate import Evaluation, evaluate
 from reflow.masks import (
-    SCOPES,
     apply_masks,
     check_sparsity,
     global_masks,
     hamming_distance,
-    layer_densities,
     prunable_parameters,
-    sparsity_of,
 )
-from reflow.provenance import config_hash, device_name, git_commit, peak_memory_mb
-from reflow.recalibrate import apply_repair, get_repair
-from reflow.results import ResultStore, row_key
+from reflow.recalibrate import recalibrate_bn
+from reflow.repairs import Repair, RepairContext, get_repair, list_repairs
+from reflow.results import ResultStore
+from reflow.settings import Settings
 from reflow.timing import PhaseTimer
-from reflow.zoo import LoadedModel, checkpoint_label, get_entry, get_model
+from reflow.zoo import LoadedModel, get_entry, get_model
 
 PHASES = ("select", "collect", "inverse", "solve", "update", "apply", "repair", "evaluate")
 
-
-@dataclass(frozen=True)
-class Settings:
-    """Options shared by every row of a run; all of them go into the row's config hash."""
-
-    scope: str = "all"
-    calib_batches: int = 50
-    calib_batch_size: int = 128
-    recalibrate_layers: str = "all"
-    eval_batch_size: int = 500
-    probe_samples: int = 2000
-    #: Per-method option overrides as strings, e.g. ``{"wf_u": {"num_grads": "200"}}``.
-    method_options: dict[str, dict[str, str]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for name in ("calib_batches", "calib_batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ReflowError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.probe_samples < 0:
-            raise ReflowError(f"probe_samples must be >= 0, got {self.probe_samples}")
-        if self.scope not in SCOPES:
-            raise unknown_name("scope", self.scope, SCOPES)
+__all__ = ["PHASES", "Grid", "Settings", "Setup", "load_setup", "run_grid"]
 
 
 @dataclass(frozen=True)
@@ -85,7 +58,7 @@ class Grid:
     checkpoints: tuple[str | None, ...] = (None,)
 
     def validate(self) -> None:
-        """Raise on any bad name or value before the first row runs."""
+        """Raise on any bad name or value (the model-specific checks are `reflow.plan`'s)."""
         for seq, what in (
             (self.models, "model"),
             (self.datasets, "dataset"),
@@ -103,7 +76,8 @@ class Grid:
         for m in self.methods:
             baselines.get_method_class(m)
         for r in self.repairs:
-            get_repair(r)
+            if r not in list_repairs():
+                raise unknown_name("repair", r, list_repairs())
         for s in self.sparsities:
             check_sparsity(s)
 
@@ -136,12 +110,12 @@ def pick_device(name: str = "auto") -> torch.device:
 
 @dataclass
 class Setup:
-    """A loaded model and its data, with the dense model's evaluation."""
+    """A loaded model and its data, with the dense model's evaluations (per eval setting)."""
 
     loaded: LoadedModel
     data: ImageData
     device: torch.device
-    dense: Evaluation | None = None
+    dense_evaluations: dict[tuple[int, int], Evaluation] = field(default_factory=dict)
 
     @property
     def model(self) -> nn.Module:
@@ -155,20 +129,39 @@ def load_setup(
     device: torch.device | str = "cpu",
     data_root: Path | None = None,
     seed: int = 0,
+    dense_bn: str = "checkpoint",
 ) -> Setup:
     """Phase ``load``: the model (eval mode, channels-last on device) and its dataset."""
     device = torch.device(device)
     entry = get_entry(model)
     torch.manual_seed(seed)  # random-init weights ("none") are seeded too
     loaded = get_model(model, checkpoint, dataset)
-    input_size = 32 if entry.family == "cifar" else 224
-    data = load_dataset(dataset, data_root, input_size)
+    data = load_dataset(dataset, data_root, entry.input_size)
     if data.num_classes != entry.num_classes:
         raise ReflowError(
             f"{model} has {entry.num_classes} outputs but {dataset} has {data.num_classes} classes"
         )
     loaded.model.to(device, memory_format=torch.channels_last).eval()
-    return Setup(loaded, data, device)
+    setup = Setup(loaded, data, device)
+    if dense_bn == "train":
+        reestimate_dense_bn(setup)
+    return setup
+
+
+def reestimate_dense_bn(setup: Setup, batch_size: int = 128) -> int:
+    """What CHITA's and M-FAC's ResNet-20 scripts do before pruning: one train-mode pass over
+    the whole (shuffled) train split, momentum 0.1, statistics not reset."""
+    order = torch.randperm(len(setup.data.train), generator=torch.Generator().manual_seed(0))
+    batches = setup.data.train.batches(order, batch_size)
+    return recalibrate_bn(setup.model, batches, reset=False, momentum=0.1, device=setup.device)
+
+
+def dense_evaluation(setup: Setup, settings: Settings, progress: bool = False) -> Evaluation:
+    """The dense model's evaluation under ``settings`` (computed once per setup)."""
+    key = (settings.eval_batch_size, settings.probe_samples)
+    if key not in setup.dense_evaluations:
+        setup.dense_evaluations[key] = evaluate_phase(setup, setup.model, settings, progress)
+    return setup.dense_evaluations[key]
 
 
 def evaluate_phase(
@@ -185,19 +178,28 @@ def evaluate_phase(
     )
 
 
+def _sampler(setup: Setup, seed: int, stream: str) -> Callable[[int, int], list[Batch]]:
+    return lambda n, bs: setup.data.train_sample(n, bs, seed, stream)
+
+
 def prune_context(
     setup: Setup, method: baselines.Method, seed: int, settings: Settings, timer: PhaseTimer
 ) -> PruneContext:
-    """What the harness supplies to a method; data only when the method declares it needs it."""
-    wants_data = bool(method.needs)
-    sample = (
-        (lambda n, bs: setup.data.train_sample(n, bs, seed, "gradients")) if wants_data else None
-    )
+    """What the harness supplies to a method; data only when the method declares it needs it.
+
+    Gradients and activations come from seeded streams of their own, independent of each other
+    and of the calibration images repairs use.
+    """
+    needs = method.needs
     return PruneContext(
         generator=torch.Generator().manual_seed(seed),
         device=setup.device,
         scope=settings.scope,
-        train_sample=sample,
+        train_sample=_sampler(setup, seed, "gradients") if "train_data" in needs else None,
+        activation_sample=(
+            _sampler(setup, seed, "activations") if "activations" in needs else None
+        ),
+        pattern=settings.parsed_pattern,
         timer=timer,
     )
 
@@ -216,8 +218,11 @@ def select_phase(
     ctx = prune_context(setup, method, seed, settings, timer)
     with timer.phase("select"):
         result = method.prune(pruned, sparsity, ctx)
-    with timer.phase("apply"):
-        apply_masks(pruned, result.masks)
+    if result.model is not None:  # a structured method built a smaller network
+        pruned = result.model.to(setup.device, memory_format=torch.channels_last).eval()
+    else:
+        with timer.phase("apply"):
+            apply_masks(pruned, result.masks)
     result.info["hamming_vs_mp"] = hamming_distance(
         result.masks, magnitude_masks(setup, sparsity, settings)
     )
@@ -225,12 +230,15 @@ def select_phase(
 
 
 def magnitude_masks(setup: Setup, sparsity: float, settings: Settings) -> dict:
-    """Global magnitude masks of the dense model: the reference every mask is compared with."""
+    """Global magnitude masks of the dense model (N:M when a pattern is set): the reference
+    every mask is compared with."""
     params = prunable_parameters(setup.model, settings.scope)
-    return global_masks({n: p.detach().abs() for n, p in params.items()}, sparsity)
+    scores = {n: p.detach().abs() for n, p in params.items()}
+    ctx = PruneContext(torch.Generator(), setup.device, pattern=settings.parsed_pattern)
+    return ctx.select(scores, sparsity) if ctx.pattern else global_masks(scores, sparsity)
 
 
-def calibration_batches(setup: Setup, seed: int, settings: Settings) -> Iterable:
+def calibration_batches(setup: Setup, seed: int, settings: Settings) -> list[Batch]:
     return setup.data.train_sample(
         settings.calib_batches, settings.calib_batch_size, seed, "calibration"
     )
@@ -239,207 +247,41 @@ def calibration_batches(setup: Setup, seed: int, settings: Settings) -> Iterable
 def repair_phase(
     setup: Setup,
     model: nn.Module,
-    repair: str,
+    repair: Repair | str,
     seed: int,
     settings: Settings,
     progress: bool = False,
 ) -> int:
-    """Phase ``repair``: recalibrate BN in place; returns calibration samples used."""
-    batches = calibration_batches(setup, seed, settings) if get_repair(repair) else ()
-    return apply_repair(repair, model, batches, settings.recalibrate_layers, progress)
-
-
-def row_config(method: baselines.Method, settings: Settings) -> dict[str, Any]:
-    """The config stored with a row: everything that could change its numbers."""
-    config = {k: v for k, v in asdict(settings).items() if k != "method_options"}
-    return {**config, "method_config": asdict(method.config)}
+    """Phase ``repair``: run a registered repair in place; returns calibration samples used."""
+    if isinstance(repair, str):
+        repair = get_repair(repair, settings.options.get(repair))
+    ctx = RepairContext(
+        calibration=(
+            (lambda: calibration_batches(setup, seed, settings))
+            if "calibration" in repair.needs
+            else None
+        ),
+        dense_model=setup.model if "dense_model" in repair.needs else None,
+        layers=settings.recalibrate_layers,
+        progress=progress,
+    )
+    return repair.repair(model, ctx)
 
 
 def run_grid(
     grid: Grid,
     store: ResultStore,
-    settings: Settings = Settings(),
+    settings: Settings | None = None,
     device: torch.device | str = "cpu",
     data_root: Path | None = None,
     progress: bool = True,
     bar: tqdm | None = None,
 ) -> dict[str, int]:
-    """Run every row of ``grid`` not already finished in ``store``; returns counts.
+    """Run every row of ``grid`` not already finished in ``store``, in this process."""
+    from reflow.execute import ExecEnv
+    from reflow.plan import Experiment
+    from reflow.runner import run_experiments
 
-    ``bar`` is an outer progress bar to advance (a sweep's), instead of one of its own.
-    """
-    grid.validate()
-    device = torch.device(device)
-    methods = {m: baselines.get_method(m, settings.method_options.get(m)) for m in grid.methods}
-    finished = store.finished()
-    counts = {"done_before": 0, "ran": 0, "errors": 0}
-    own_bar = bar is None
-    if own_bar:
-        bar = tqdm(total=grid.size(), desc="rows", unit="row", disable=not progress)
-    for model_name, ckpt, dataset in itertools.product(
-        grid.models, grid.checkpoints, grid.datasets
-    ):
-        setup: Setup | None = None
-        for method_name, sparsity, seed in itertools.product(
-            grid.methods, grid.sparsities, grid.seeds
-        ):
-            method = methods[method_name]
-            config = row_config(method, settings)
-            base = {
-                "model": model_name,
-                "dataset": dataset,
-                "method": method_name,
-                "sparsity": float(sparsity),
-                "seed": int(seed),
-                "config_hash": config_hash(config),
-            }
-            label = checkpoint_label(model_name, ckpt, dataset)
-            keyed = [{**base, "checkpoint": label, "repair": r} for r in grid.repairs]
-            pending = [k for k in keyed if row_key(k) not in finished]
-            counts["done_before"] += len(keyed) - len(pending)
-            bar.update(len(keyed) - len(pending))
-            if not pending:
-                continue
-            if setup is None:
-                setup = load_setup(model_name, dataset, ckpt, device, data_root)
-                setup.dense = evaluate_phase(setup, setup.model, settings, progress)
-            bar.set_postfix_str(f"{model_name} {method_name} s={sparsity} seed={seed}")
-            for row, probes, layers in _run_group(
-                setup, method, pending, config, settings, progress
-            ):
-                store.add(row, probes, layers)
-                counts["ran"] += 1
-                counts["errors"] += row["error"] is not None
-                bar.update(1)
-    if own_bar:
-        bar.close()
-    return counts
-
-
-def _run_group(
-    setup: Setup,
-    method: baselines.Method,
-    keys: list[dict],
-    config: dict,
-    settings: Settings,
-    progress: bool,
-) -> Iterable[tuple[dict, list[dict], list[dict]]]:
-    """Select once, then repair and evaluate a copy per repair; errors become row values."""
-    first = keys[0]
-    if setup.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(setup.device)
-    timer = PhaseTimer(setup.device)
-    try:
-        pruned, result = select_phase(
-            setup, method, first["sparsity"], first["seed"], settings, timer
-        )
-    except Exception as exc:
-        for key in keys:
-            yield _error_row(setup, key, config, exc), [], []
-        return
-    select_seconds = dict(timer.seconds)
-    for key in keys:
-        timer.seconds = dict(select_seconds)
-        try:
-            model = copy.deepcopy(pruned)
-            with timer.phase("repair"):
-                calib = repair_phase(setup, model, key["repair"], key["seed"], settings, progress)
-            with timer.phase("evaluate"):
-                ev = evaluate_phase(setup, model, settings, progress)
-        except Exception as exc:
-            yield _error_row(setup, key, config, exc), [], []
-            continue
-        yield (
-            _result_row(setup, key, config, result, ev, calib, timer),
-            _probe_rows(setup, key, ev),
-            _layer_rows(key, result),
-        )
-
-
-def _provenance(setup: Setup, key: dict, config: dict) -> dict:
-    return {
-        **key,
-        "run_id": config_hash({"key": list(row_key(key))}),
-        "scope": config["scope"],
-        "device": device_name(setup.device),
-        "torch": torch.__version__,
-        "git_commit": git_commit(),
-        "config": json.dumps(config, sort_keys=True),
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-
-
-def _result_row(
-    setup: Setup,
-    key: dict,
-    config: dict,
-    result: PruneResult,
-    ev: Evaluation,
-    calib_samples: int,
-    timer: PhaseTimer,
-) -> dict:
-    report = sparsity_of(result.masks)
-    densities = layer_densities(result.masks)
-    dense = setup.dense
-    row = _provenance(setup, key, config) | {
-        "sparsity_achieved": report.sparsity,
-        "prunable_params": report.total,
-        "min_layer_density": min(densities.values()),
-        "layers_emptied": sum(d == 0.0 for d in densities.values()),
-        "top1": ev.top1,
-        "top5": ev.top5,
-        "loss": ev.loss,
-        "dense_top1": dense.top1,
-        "dense_top5": dense.top5,
-        "recorded_dense_top1": setup.loaded.recorded_top1,
-        "top_class_share": ev.top_class_share,
-        "predictions": json.dumps(ev.predictions),
-        "dense_predictions": json.dumps(dense.predictions),
-        "calib_samples": calib_samples,
-        "grad_samples": int(result.info.get("grad_samples", 0)),
-        "eval_samples": ev.samples,
-        "peak_mem_mb": peak_memory_mb(setup.device),
-        "error": None,
-    }
-    row |= {f"t_{phase}": timer.seconds.get(phase) for phase in PHASES}
-    row["hamming_vs_mp"] = result.info["hamming_vs_mp"]
-    row |= {
-        f"info_{k}": v for k, v in result.info.items() if k not in {"grad_samples", "hamming_vs_mp"}
-    }
-    return row
-
-
-def _error_row(setup: Setup, key: dict, config: dict, exc: BaseException) -> dict:
-    message = f"{type(exc).__name__}: {exc}".strip()
-    tqdm.write(f"error in {key['method']}+{key['repair']} s={key['sparsity']}: {message}")
-    if not isinstance(exc, ReflowError | torch.cuda.OutOfMemoryError):
-        tqdm.write("".join(traceback.format_exception(exc)))
-    return _provenance(setup, key, config) | {"error": message}
-
-
-def _probe_rows(setup: Setup, key: dict, ev: Evaluation) -> list[dict]:
-    ratios = variance_ratios(ev, setup.dense) if ev.bn_variance else {}
-    return [
-        {
-            **key,
-            "layer": name,
-            "bn_index": i,
-            "var_dense": setup.dense.bn_variance[name],
-            "var_pruned": ev.bn_variance[name],
-            "ratio": ratio,
-        }
-        for i, (name, ratio) in enumerate(ratios.items())
-    ]
-
-
-def _layer_rows(key: dict, result: PruneResult) -> list[dict]:
-    return [
-        {
-            **key,
-            "layer": name,
-            "layer_index": i,
-            "params": int(result.masks[name].numel()),
-            "density": density,
-        }
-        for i, (name, density) in enumerate(layer_densities(result.masks).items())
-    ]
+    env = ExecEnv(str(device), str(data_root) if data_root else None, progress)
+    experiment = Experiment("run", grid, (settings or Settings(),))
+    return run_experiments([experiment], store, env=env, bar=bar, progress=progress)

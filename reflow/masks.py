@@ -13,6 +13,7 @@ Achieved sparsity is always stated against the prunable weights of the scope.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -93,6 +94,72 @@ def global_masks(scores: Mapping[str, torch.Tensor], sparsity: float) -> Masks:
         name: part.view_as(scores[name])
         for name, part in zip(scores, keep.split(sizes), strict=True)
     }
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """N:M sparsity: keep ``n`` of every ``m`` consecutive weights along the input dimension."""
+
+    n: int
+    m: int
+
+    @classmethod
+    def parse(cls, text: str) -> Pattern:
+        match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
+        if not match or not 0 < int(match[1]) < int(match[2]):
+            raise ReflowError(
+                f"pattern must be N:M with 0 < N < M (e.g. 2:4, the pattern sparse tensor cores "
+                f"accelerate), got {text!r}"
+            )
+        return cls(int(match[1]), int(match[2]))
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.n / self.m
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}"
+
+
+def input_major(weight: torch.Tensor) -> torch.Tensor:
+    """A weight laid out with the input channel last, (…, in): the axis N:M groups run along
+    (for a convolution, the input channels at each output channel and kernel position)."""
+    return weight.movedim(1, -1) if weight.dim() > 2 else weight
+
+
+def pattern_fits(weight: torch.Tensor, pattern: Pattern) -> bool:
+    """Whether the input dimension splits into groups of M (else the layer stays dense)."""
+    return weight.dim() >= 2 and weight.shape[1] % pattern.m == 0
+
+
+def pattern_masks(scores: Mapping[str, torch.Tensor], pattern: Pattern) -> Masks:
+    """Keep the ``n`` highest scores of every ``m`` consecutive input weights.
+
+    Layers whose input dimension is not a multiple of M (a 3-channel stem, a depthwise conv) stay
+    dense, as NVIDIA's ASP leaves them, so the achieved sparsity can fall a little short of
+    1 − N/M; it is reported against all prunable weights as always.
+    """
+    masks = {}
+    for name, s in scores.items():
+        if not pattern_fits(s, pattern):
+            masks[name] = torch.ones_like(s, dtype=torch.bool)
+            continue
+        grouped = input_major(s).reshape(-1, pattern.m)
+        keep = torch.zeros_like(grouped, dtype=torch.bool)
+        keep.scatter_(1, grouped.topk(pattern.n, dim=1).indices, True)
+        shaped = keep.reshape(input_major(s).shape)
+        masks[name] = shaped.movedim(-1, 1) if s.dim() > 2 else shaped
+    return masks
+
+
+def follows_pattern(masks: Masks, pattern: Pattern) -> bool:
+    """Every layer that fits the pattern keeps exactly N of each M along its input dimension."""
+    for mask in masks.values():
+        if pattern_fits(mask, pattern):
+            kept = input_major(mask).reshape(-1, pattern.m).sum(dim=1)
+            if not bool((kept == pattern.n).all()):
+                return False
+    return True
 
 
 def layerwise_masks(scores: Mapping[str, torch.Tensor], sparsity: float) -> Masks:

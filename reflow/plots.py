@@ -20,7 +20,14 @@ import pandas as pd
 from reflow.baselines import list_methods
 from reflow.tables import DEFAULTS, column_label, expand_config, with_defaults
 
-REPAIR_STYLES = {"none": "--", "reflow": "-", "adabn": ":", "bnt": "-."}
+REPAIR_STYLES = {
+    "none": "--",
+    "reflow": "-",
+    "adabn": ":",
+    "bnt": "-.",
+    "statcorr": (0, (5, 1, 1, 1, 1, 1)),
+    "reflow+statcorr": (0, (1, 1)),
+}
 plt.rcParams.update(
     {
         "font.size": 11,
@@ -59,9 +66,9 @@ def _finish(fig: plt.Figure, ax: plt.Axes, title: str, out: Path, name: str) -> 
     return paths
 
 
-def _bn_axis(ax: plt.Axes, layers: pd.Series) -> None:
+def _norm_axis(ax: plt.Axes, layers: pd.Series) -> None:
     ax.set_xticks(range(len(layers)), layers, rotation=70, fontsize=7)
-    ax.set_xlabel("BN layer (input → output)")
+    ax.set_xlabel("normalisation layer (input → output)")
     ax.axhline(1.0, color="grey", lw=1)
     ax.set_ylabel("variance ratio pruned / dense")
 
@@ -75,7 +82,7 @@ def variance_by_layer(
         return []
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for s, colour in sparsity_colours(rows.sparsity).items():
-        curve = rows[rows.sparsity == s].groupby("bn_index")["ratio"].mean()
+        curve = rows[rows.sparsity == s].groupby("norm_index")["ratio"].mean()
         ax.plot(
             curve.index,
             curve.values,
@@ -84,13 +91,13 @@ def variance_by_layer(
             color=colour,
             label=f"sparsity {s:g}",
         )
-    _bn_axis(ax, rows.drop_duplicates("bn_index").sort_values("bn_index")["layer"])
+    _norm_axis(ax, rows.drop_duplicates("norm_index").sort_values("norm_index")["layer"])
     ax.set_yscale("log")
     ax.legend()
     return _finish(
         fig,
         ax,
-        f"{column_label(method, repair)}: variance ratio per BN layer",
+        f"{column_label(method, repair)}: variance ratio per normalisation layer",
         out,
         f"fig4_variance_{method}_{repair}",
     )
@@ -115,18 +122,18 @@ def variance_by_repair(
         return []
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for repair, group in rows.groupby("repair"):
-        curve = group.groupby("bn_index")["ratio"].mean()
+        curve = group.groupby("norm_index")["ratio"].mean()
         ax.plot(
             curve.index,
             curve.values,
-            REPAIR_STYLES.get(repair, "-"),
+            linestyle=REPAIR_STYLES.get(repair, "-"),
             marker="o",
             ms=3,
             color=method_colour(method),
             alpha=1.0 if repair in {"none", "reflow"} else 0.6,
             label=column_label(method, repair),
         )
-    _bn_axis(ax, rows.drop_duplicates("bn_index").sort_values("bn_index")["layer"])
+    _norm_axis(ax, rows.drop_duplicates("norm_index").sort_values("norm_index")["layer"])
     ax.legend()
     return _finish(
         fig,
@@ -152,11 +159,11 @@ def variance_by_method(
         return []
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for method, group in rows.groupby("method", sort=False):
-        curve = group.groupby("bn_index")["ratio"].mean()
+        curve = group.groupby("norm_index")["ratio"].mean()
         ax.plot(
             curve.index, curve.values, marker="o", ms=3, color=method_colour(method), label=method
         )
-    _bn_axis(ax, rows.drop_duplicates("bn_index").sort_values("bn_index")["layer"])
+    _norm_axis(ax, rows.drop_duplicates("norm_index").sort_values("norm_index")["layer"])
     ax.set_yscale("log")
     ax.legend(ncol=2)
     return _finish(
@@ -184,7 +191,7 @@ def accuracy_vs_sparsity(probes: pd.DataFrame, results: pd.DataFrame, out: Path)
             g.sparsity,
             g["mean"],
             yerr=g["std"].fillna(0),
-            fmt=REPAIR_STYLES.get(repair, "-"),
+            linestyle=REPAIR_STYLES.get(repair, "-"),
             marker="o",
             ms=4,
             capsize=2,
@@ -406,7 +413,7 @@ def plot_all(
     results = expand_config(results[results.error.isna()] if "error" in results else results)
     if probes.empty:  # e.g. runs with probe_samples = 0: probe figures are skipped
         probes = pd.DataFrame(
-            columns=["run_id", "method", "repair", "sparsity", "bn_index", "layer", "ratio"]
+            columns=["run_id", "method", "repair", "sparsity", "norm_index", "layer", "ratio"]
         )
     else:
         probes = with_defaults(probes.merge(results[["run_id", *DEFAULTS]], on="run_id"))

@@ -1,4 +1,5 @@
-"""BatchNorm recalibration: REFLOW and the earlier variants the benchmark compares it with.
+"""BatchNorm recalibration: REFLOW and the earlier variants the benchmark compares it with
+(registered as repairs in `reflow.repairs`).
 
 REFLOW (Saikumar & Varghese, 2025) resets every BN layer's running mean and variance and
 re-estimates them on calibration batches as an exact cumulative average (PyTorch's
@@ -17,54 +18,18 @@ bnt    yes   0.1 (EMA)    OBC BN tuning (Frantar & Alistarh, 2022)
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from reflow.data import Batch
-from reflow.errors import ReflowError, unknown_name
-
-
-@dataclass(frozen=True)
-class RepairRecipe:
-    reset: bool
-    momentum: float | None
-    summary: str
-
-
-REPAIRS: dict[str, RepairRecipe | None] = {
-    "none": None,
-    "reflow": RepairRecipe(
-        True, None, "reset BN statistics, re-estimate as exact cumulative average"
-    ),
-    "adabn": RepairRecipe(
-        False, 0.1, "EagleEye adaptive BN: train-mode passes, momentum 0.1, no reset"
-    ),
-    "bnt": RepairRecipe(True, 0.1, "OBC BN tuning: reset, then momentum 0.1"),
-}
-
-
-def list_repairs() -> list[str]:
-    return list(REPAIRS)
-
-
-def get_repair(name: str) -> RepairRecipe | None:
-    if name not in REPAIRS:
-        raise unknown_name("repair", name, REPAIRS)
-    return REPAIRS[name]
-
-
-def batchnorm_layers(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
-    """Every BatchNorm layer by module name, in forward-definition order."""
-    return {
-        n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-    }
+from reflow.errors import ReflowError
+from reflow.norms import batchnorm_layers
 
 
 def select_layers(names: list[str], layers: str) -> list[str]:
-    """``all``, ``first:K`` or ``last:K`` of the BN layers (the paper's layer-order ablation)."""
+    """``all``, ``first:K`` or ``last:K`` of ``names`` (the paper's layer-order ablation)."""
     if layers == "all":
         return names
     where, _, count = layers.partition(":")
@@ -73,7 +38,8 @@ def select_layers(names: list[str], layers: str) -> list[str]:
     k = int(count)
     if not 0 <= k <= len(names):
         raise ReflowError(
-            f"layers={layers!r} asks for {k} BN layers but the model has {len(names)}"
+            f"--recalibrate-layers {layers} asks for {k} layers but the model has {len(names)} "
+            "that this repair works on"
         )
     return names[:k] if where == "first" else names[len(names) - k :]
 
@@ -129,25 +95,4 @@ def reflow(
     """REFLOW: reset and re-estimate BN statistics (exact cumulative average); returns samples."""
     return recalibrate_bn(
         model, batches, reset=True, momentum=None, layers=layers, progress=progress
-    )
-
-
-def apply_repair(
-    name: str,
-    model: nn.Module,
-    batches: Iterable[Batch],
-    layers: str = "all",
-    progress: bool = False,
-) -> int:
-    """Run repair ``name`` on ``model``; returns calibration samples used (0 for ``none``)."""
-    recipe = get_repair(name)
-    if recipe is None:
-        return 0
-    return recalibrate_bn(
-        model,
-        batches,
-        reset=recipe.reset,
-        momentum=recipe.momentum,
-        layers=layers,
-        progress=progress,
     )

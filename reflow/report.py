@@ -62,7 +62,7 @@ def _claim_variance(rows: pd.DataFrame, probes: pd.DataFrame) -> Verdict:
     sel = probes[(probes.method == "mp") & (probes.sparsity == 0.9)]
     if sel.repair.nunique() < 2:
         return Verdict(claim, test, "not measured", "no mp@0.9 probes with and without REFLOW")
-    deepest = sel[sel.bn_index == sel.bn_index.max()]
+    deepest = sel[sel.norm_index == sel.norm_index.max()]
     before = deepest[deepest.repair == "none"].ratio.mean()
     after = deepest[deepest.repair == "reflow"].ratio.mean()
     ok = before < 0.5 and 0.5 <= after <= 1.5

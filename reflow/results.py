@@ -1,21 +1,27 @@
-"""The result store: tidy CSV tables in one readable folder, written atomically, resumable.
+"""The result store: an embedded SQLite database in the results folder (``results.sqlite``),
+with tidy CSV exports beside it for spreadsheets and pandas.
 
-``results.csv`` has one row per (model, checkpoint, dataset, method, repair, sparsity, seed,
-config_hash); ``probes.csv`` one row per BN layer of each result (variance ratios);
-``layers.csv`` one row per prunable layer (achieved density, for layer collapse). Every write
-rewrites a table to a temporary file and moves it into place, so a killed sweep leaves each table
-either before or after a row, never half of one. Auxiliary rows are written before their result
-row; a result row is the commit point, and auxiliary rows without one are ignored and replaced.
+Three tables: ``results`` (one row per model, checkpoint, dataset, method, repair, sparsity, seed
+and config hash: the UNIQUE row key), ``probes`` (one row per normalisation layer of a result:
+variance ratios) and ``layers`` (one row per prunable layer: achieved density). A result row and
+its probe and layer rows are committed in one transaction, so a killed sweep leaves a row whole
+or absent, and the UNIQUE key makes a duplicate impossible. Key columns are typed (TEXT hashes
+stay text); other columns are added as rows bring them, typed by their first value.
+
+A folder written by the earlier CSV store is imported on first use (config hashes recomputed
+under the non-default identity rule, so finished rows are recognised).
 """
 
 from __future__ import annotations
 
-import fcntl
+import json
+import math
 import os
+import sqlite3
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -23,10 +29,12 @@ from reflow.errors import ReflowError
 
 KEY = ("model", "checkpoint", "dataset", "method", "repair", "sparsity", "seed", "config_hash")
 TABLES = ("results", "probes", "layers")
+DATABASE = "results.sqlite"
+_KEY_TYPES = {"sparsity": "REAL", "seed": "INTEGER"}
 
 
-def row_key(row: dict) -> tuple:
-    """The identity of a row, normalised so CSV round trips compare equal."""
+def row_key(row: Mapping[str, Any]) -> tuple:
+    """The identity of a row, normalised so that stored and planned keys compare equal."""
     return tuple(
         round(float(row[k]), 6)
         if k == "sparsity"
@@ -48,8 +56,35 @@ def write_csv_atomic(frame: pd.DataFrame, target: Path) -> None:
         raise
 
 
+def _sql_type(value: Any) -> str:
+    """Declared type for a new column: TEXT, INTEGER, REAL, or none (values kept as given; never
+    NUMERIC, whose affinity would turn a text hash like '1234567890' into a number)."""
+    if isinstance(value, bool | int):
+        return "INTEGER"
+    if isinstance(value, float):
+        return "REAL"
+    if isinstance(value, str):
+        return "TEXT"
+    return ""
+
+
+def _plain(value: Any) -> Any:
+    """A value SQLite stores as is (NaN becomes NULL; containers become JSON text)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, list | tuple | dict):
+        return json.dumps(value)
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return value
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 class ResultStore:
-    """A results folder. Safe against kills; a lock file keeps two writers apart."""
+    """A results folder backed by ``results.sqlite``; safe against kills and concurrent readers."""
 
     def __init__(self, folder: Path | str, create: bool = True) -> None:
         self.folder = Path(folder)
@@ -57,65 +92,206 @@ class ResultStore:
             raise ReflowError(
                 f"results folder {self.folder} is a file; pass a folder path with --out"
             )
-        if create:
-            try:
-                self.folder.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ReflowError(f"cannot create results folder {self.folder}: {exc}") from exc
-        elif not (self.folder / "results.csv").is_file():
+        database = self.folder / DATABASE
+        legacy = self.folder / "results.csv"
+        if not create and not database.is_file() and not legacy.is_file():
             raise ReflowError(
-                f"no results in {self.folder} (looked for {self.folder / 'results.csv'}); "
+                f"no results in {self.folder} (looked for {database}); "
                 "create them with `reflow run ... --out FOLDER`"
             )
-
-    def path(self, table: str) -> Path:
-        return self.folder / f"{table}.csv"
-
-    def read(self, table: str = "results") -> pd.DataFrame:
-        """A table; auxiliary rows whose result row was never committed are left out."""
-        frame = self._read_raw(table)
-        if table != "results" and not frame.empty:
-            committed = set(self._read_raw("results").get("run_id", []))
-            frame = frame[frame["run_id"].isin(committed)].reset_index(drop=True)
-        return frame
-
-    def _read_raw(self, table: str) -> pd.DataFrame:
-        path = self.path(table)
-        if not path.is_file():
-            return pd.DataFrame()
         try:
-            return pd.read_csv(path, keep_default_na=True)
-        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ReflowError(f"cannot create results folder {self.folder}: {exc}") from exc
+        fresh = not database.is_file()
+        try:
+            self.db = sqlite3.connect(database, timeout=60, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._create_schema()
+        except sqlite3.DatabaseError as exc:
             raise ReflowError(
-                f"cannot read {path}: {exc}. Fix or move the file, then run again."
+                f"cannot open {database}: {exc}. Move the file away to start a new store."
             ) from exc
+        if fresh and legacy.is_file():
+            try:
+                self._import_csv_folder()
+            except BaseException:  # leave no half-imported database behind: retry imports again
+                self.db.close()
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{database}{suffix}").unlink(missing_ok=True)
+                raise
 
+    # -- schema ---------------------------------------------------------------------------------
+    def _create_schema(self) -> None:
+        keys = ", ".join(f"{k} {_KEY_TYPES.get(k, 'TEXT')} NOT NULL" for k in KEY)
+        self.db.executescript(
+            f"""
+            CREATE TABLE IF NOT EXISTS results (
+                run_id TEXT PRIMARY KEY, {keys}, error TEXT, UNIQUE ({", ".join(KEY)}));
+            CREATE TABLE IF NOT EXISTS probes (run_id TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS layers (run_id TEXT NOT NULL);
+            CREATE INDEX IF NOT EXISTS probes_run ON probes (run_id);
+            CREATE INDEX IF NOT EXISTS layers_run ON layers (run_id);
+            """
+        )
+        self._columns = {t: self._table_columns(t) for t in TABLES}
+
+    def _table_columns(self, table: str) -> set[str]:
+        return {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+
+    def _ensure_columns(self, table: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        for row in rows:
+            for name, value in row.items():
+                if name not in self._columns[table]:
+                    self.db.execute(
+                        f"ALTER TABLE {table} ADD COLUMN {_quote(name)} {_sql_type(value)}"
+                    )
+                    self._columns[table].add(name)
+
+    # -- writing --------------------------------------------------------------------------------
+    def add(
+        self,
+        row: Mapping[str, Any],
+        probes: Iterable[Mapping[str, Any]] = (),
+        layers: Iterable[Mapping[str, Any]] = (),
+    ) -> None:
+        """Commit one result row with its probe and layer rows, replacing an earlier attempt
+        (an errored row) of the same key: all in one transaction."""
+        run_id = str(row["run_id"])
+        results = [{k: _plain(v) for k, v in row.items()}]
+        aux = {
+            "probes": [{"run_id": run_id, **{k: _plain(v) for k, v in r.items()}} for r in probes],
+            "layers": [{"run_id": run_id, **{k: _plain(v) for k, v in r.items()}} for r in layers],
+        }
+        results[0]["sparsity"] = round(float(row["sparsity"]), 6)
+        key = row_key(row)
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            old = self.db.execute(
+                f"SELECT run_id FROM results WHERE {' AND '.join(f'{k} = ?' for k in KEY)}", key
+            ).fetchall()
+            for (old_id,) in [*old, (run_id,)]:
+                for table in ("probes", "layers", "results"):
+                    self.db.execute(f"DELETE FROM {table} WHERE run_id = ?", (old_id,))
+            for table, rows in (("results", results), *aux.items()):
+                self._insert(table, rows)
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+
+    def _insert(self, table: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        self._ensure_columns(table, rows)
+        for row in rows:
+            names = list(row)
+            self.db.execute(
+                f"INSERT INTO {table} ({', '.join(map(_quote, names))}) "
+                f"VALUES ({', '.join('?' * len(names))})",
+                [row[n] for n in names],
+            )
+
+    # -- reading --------------------------------------------------------------------------------
     def finished(self) -> set[tuple]:
         """Keys of rows that finished without error (errored rows are run again)."""
-        frame = self._read_raw("results")
-        if frame.empty:
-            return set()
-        ok = frame[frame["error"].isna()] if "error" in frame else frame
-        return {row_key(r) for r in ok.to_dict("records")}
+        rows = self.db.execute(f"SELECT {', '.join(KEY)} FROM results WHERE error IS NULL")
+        return {row_key(dict(zip(KEY, r, strict=True))) for r in rows}
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        with (self.folder / ".lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    def read(self, table: str = "results") -> pd.DataFrame:
+        if table not in TABLES:
+            raise ReflowError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
+        if table == "results":
+            sql = "SELECT * FROM results ORDER BY rowid"
+        else:  # auxiliary rows carry their result's key columns for filtering
+            keys = ", ".join(f"r.{k}" for k in KEY)
+            sql = (
+                f"SELECT {keys}, a.* FROM {table} a JOIN results r ON a.run_id = r.run_id "
+                "ORDER BY a.rowid"
+            )
+        frame = pd.read_sql_query(sql, self.db)
+        if table == "results" and "error" in frame:
+            frame["error"] = frame["error"].astype(object).where(frame["error"].notna(), None)
+        return frame
+
+    def count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+
+    def path(self, table: str = "results") -> Path:
+        """Where ``table``'s CSV export lives."""
+        return self.folder / f"{table}.csv"
+
+    def export(self, fmt: str = "csv", folder: Path | None = None) -> list[Path]:
+        """Write every table as ``fmt`` (csv or parquet) into ``folder`` (default: the store's)."""
+        if fmt not in ("csv", "parquet"):
+            raise ReflowError(f"export format must be csv or parquet, got {fmt!r}")
+        if fmt == "parquet":
             try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                import pyarrow  # noqa: F401
+            except ImportError as exc:
+                raise ReflowError(
+                    "parquet export needs a parquet engine: pip install pyarrow (or use --format "
+                    "csv)"
+                ) from exc
+        folder = Path(folder) if folder else self.folder
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for table in TABLES:
+            frame = self.read(table)
+            target = folder / f"{table}.{fmt}"
+            if fmt == "csv":
+                write_csv_atomic(frame, target)
+            else:
+                tmp = target.with_name(f".{target.name}.tmp")
+                frame.to_parquet(tmp, index=False)
+                os.replace(tmp, target)
+            written.append(target)
+        return written
 
-    def add(self, row: dict, probes: list[dict] = (), layers: list[dict] = ()) -> None:
-        """Commit one result row with its probe and layer rows, replacing any earlier attempt."""
-        run_id = row["run_id"]
-        with self._locked():
-            for table, rows in (("probes", probes), ("layers", layers), ("results", [row])):
-                old = self._read_raw(table)
-                if not old.empty:
-                    old = old[old["run_id"] != run_id]
-                new = pd.DataFrame([{"run_id": run_id, **r} for r in rows])
-                frames = [f for f in (old, new) if not f.empty]
-                if frames:
-                    write_csv_atomic(pd.concat(frames, ignore_index=True), self.path(table))
+    def close(self) -> None:
+        self.db.close()
+
+    # -- import of the earlier CSV store --------------------------------------------------------
+    def _import_csv_folder(self) -> None:
+        from reflow.identity import identity_hash_of_stored_config, run_id
+
+        def read(name: str) -> pd.DataFrame:
+            path = self.folder / f"{name}.csv"
+            if not path.is_file():
+                return pd.DataFrame()
+            try:
+                return pd.read_csv(path, dtype={"config_hash": str, "run_id": str})
+            except (OSError, ValueError, pd.errors.ParserError) as exc:
+                raise ReflowError(
+                    f"cannot import {path}: {exc}. Fix or move the file, then run again."
+                ) from exc
+
+        results, probes, layers = read("results"), read("probes"), read("layers")
+        if results.empty:
+            return
+        probes = probes.rename(columns={"bn_index": "norm_index"})
+        probes, layers = (f.drop(columns=[k for k in KEY if k in f]) for f in (probes, layers))
+        by_run = {
+            name: {rid: g.drop(columns="run_id") for rid, g in frame.groupby("run_id")}
+            for name, frame in (("probes", probes), ("layers", layers))
+            if not frame.empty
+        }
+        for record in results.to_dict("records"):
+            record = {
+                k: (None if isinstance(v, float) and math.isnan(v) else v)
+                for k, v in record.items()
+            }
+            if isinstance(record.get("config"), str):
+                record["config_hash"] = identity_hash_of_stored_config(
+                    record["method"], record["repair"], json.loads(record["config"])
+                )
+            rid = record["run_id"]
+            record["run_id"] = run_id(row_key(record))
+            aux = {n: by_run.get(n, {}).get(rid) for n in ("probes", "layers")}
+            self.add(
+                record,
+                aux["probes"].to_dict("records") if aux["probes"] is not None else (),
+                aux["layers"].to_dict("records") if aux["layers"] is not None else (),
+            )

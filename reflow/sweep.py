@@ -22,40 +22,52 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from reflow.errors import ReflowError
-from reflow.harness import Grid, Settings, run_grid
+from reflow.execute import ExecEnv
+from reflow.executors import Executor
+from reflow.harness import Grid
+from reflow.masks import Pattern
+from reflow.plan import Experiment
 from reflow.results import ResultStore
+from reflow.runner import run_experiments
+from reflow.settings import Settings
 
 _GRID_KEYS = {"models", "checkpoints", "datasets", "methods", "repairs", "sparsities", "seeds"}
-_SETTING_KEYS = {f.name for f in dataclasses.fields(Settings)} - {"method_options"}
-
-
-@dataclass(frozen=True)
-class Experiment:
-    name: str
-    grid: Grid
-    settings: tuple[Settings, ...]
-
-    def size(self) -> int:
-        return self.grid.size() * len(self.settings)
+_SETTING_KEYS = {f.name for f in dataclasses.fields(Settings)} - {"options"}
 
 
 def _as_tuple(value: object) -> tuple:
     return tuple(value) if isinstance(value, list) else (value,)
 
 
-def parse_experiment(table: dict, index: int) -> Experiment:
+def parse_experiment(table: dict, index: int) -> list[Experiment]:
+    """One experiment, or one per N:M pattern when patterns fix the sparsity (no sparsities)."""
     name = table.get("name", f"experiment {index + 1}")
     unknown = set(table) - _GRID_KEYS - {"name", "settings", "options"}
     if unknown:
         raise ReflowError(
             f"{name}: unknown keys {sorted(unknown)}; grid keys: {sorted(_GRID_KEYS)}"
         )
+    axes = dict(table.get("settings", {}))
+    bad = set(axes) - _SETTING_KEYS
+    if bad:
+        raise ReflowError(f"{name}: unknown settings {sorted(bad)}; valid: {sorted(_SETTING_KEYS)}")
+    if "sparsities" not in table and "pattern" in axes:
+        return [
+            experiment
+            for pattern in _as_tuple(axes["pattern"])
+            for experiment in parse_experiment(
+                {
+                    **table,
+                    "name": f"{name} [{pattern}]",
+                    "sparsities": [_pattern_sparsity(name, pattern)],
+                    "settings": {**axes, "pattern": pattern},
+                },
+                index,
+            )
+        ]
     missing = {"models", "datasets", "methods", "sparsities"} - set(table)
     if missing:
         raise ReflowError(f"{name}: missing {sorted(missing)}")
@@ -68,20 +80,26 @@ def parse_experiment(table: dict, index: int) -> Experiment:
         seeds=tuple(int(s) for s in _as_tuple(table.get("seeds", [0]))),
         checkpoints=_as_tuple(table.get("checkpoints", [None])),
     )
-    axes = table.get("settings", {})
-    bad = set(axes) - _SETTING_KEYS
-    if bad:
-        raise ReflowError(f"{name}: unknown settings {sorted(bad)}; valid: {sorted(_SETTING_KEYS)}")
     options = {
         m: {k: str(v) for k, v in opts.items()} for m, opts in table.get("options", {}).items()
     }
     keys = list(axes)
     combos = itertools.product(*(_as_tuple(axes[k]) for k in keys))
-    settings = tuple(
-        Settings(**dict(zip(keys, c, strict=True)), method_options=options) for c in combos
-    )
+    try:
+        settings = tuple(
+            Settings(**dict(zip(keys, c, strict=True)), options=options) for c in combos
+        )
+    except ReflowError as exc:
+        raise ReflowError(f"{name}: {exc}") from None
     grid.validate()
-    return Experiment(name, grid, settings or (Settings(method_options=options),))
+    return [Experiment(name, grid, settings or (Settings(options=options),))]
+
+
+def _pattern_sparsity(name: str, pattern: object) -> float:
+    try:
+        return Pattern.parse(str(pattern)).sparsity
+    except ReflowError as exc:
+        raise ReflowError(f"{name}: {exc}") from None
 
 
 def load_sweep(path: Path) -> list[Experiment]:
@@ -95,27 +113,18 @@ def load_sweep(path: Path) -> list[Experiment]:
     tables = document.get("experiment", [])
     if not tables:
         raise ReflowError(f"{path} declares no [[experiment]]")
-    return [parse_experiment(t, i) for i, t in enumerate(tables)]
+    return [e for i, t in enumerate(tables) for e in parse_experiment(t, i)]
 
 
 def run_sweep(
     experiments: list[Experiment],
     store: ResultStore,
-    device: str = "cpu",
+    device: str = "auto",
     data_root: Path | None = None,
     progress: bool = True,
+    executor: Executor | None = None,
+    plugins: tuple[str, ...] = (),
 ) -> dict[str, int]:
-    """Run every experiment into one store; finished rows are skipped."""
-    total = {"done_before": 0, "ran": 0, "errors": 0}
-    with tqdm(
-        total=sum(e.size() for e in experiments), desc="sweep", unit="row", disable=not progress
-    ) as bar:
-        for experiment in experiments:
-            for settings in experiment.settings:
-                bar.set_description(experiment.name)
-                counts = run_grid(
-                    experiment.grid, store, settings, device, data_root, progress, bar
-                )
-                for k in total:
-                    total[k] += counts[k]
-    return total
+    """Run every experiment into one store; finished rows are skipped, shared rows run once."""
+    env = ExecEnv(str(device), str(data_root) if data_root else None, progress, plugins)
+    return run_experiments(experiments, store, executor, env, progress=progress)

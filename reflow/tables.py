@@ -10,6 +10,24 @@ import pandas as pd
 from reflow.errors import ReflowError
 
 FORMATS = ("markdown", "latex", "csv")
+#: The paper's Table 1 columns, as (method, repair) pairs of ours.
+PAPER_COLUMNS = {
+    "MP": ("mp", "none"),
+    "WF": ("wf_u", "none"),
+    "CBS": ("cbs_u", "none"),
+    "CHITA": ("chita_u", "none"),
+    "REFLOW": ("mp", "reflow"),
+}
+#: Each method's own paper's layer set (WoodFisher's and CBS's ResNet-20 scripts prune the 18
+#: block convs; CHITA keeps the first conv and classifier, drops shortcut convs).
+FAITHFUL_VARIANTS = {"WF": "scope=blocks", "CBS": "scope=blocks", "CHITA": "scope=chita"}
+LAYOUTS = {
+    "methods": "one column per method+repair pair",
+    "paper": "the paper's Table 1 (" + " | ".join(PAPER_COLUMNS) + "), every method on the "
+    "common scope: like for like",
+    "paper-faithful": "the paper's Table 1 with WF and CBS on the block convs and CHITA on its "
+    "own layer set, as their papers prune",
+}
 #: The paper's repair settings: 50 calibration batches of 128, every BN layer.
 DEFAULTS = {"calib_batches": 50, "calib_batch_size": 128, "recalibrate_layers": "all"}
 
@@ -59,11 +77,34 @@ def with_defaults(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[configs == chosen]
 
 
+def variant(method: str, repair: str, config: str | None) -> str:
+    """What sets a row's configuration apart from the defaults, apart from the calibration
+    settings `with_defaults` already holds fixed: ``""`` or e.g. ``"scope=blocks"``."""
+    if not isinstance(config, str):
+        return ""
+    from reflow.identity import identity_of_stored_config
+
+    ident = identity_of_stored_config(method, repair, json.loads(config))
+    flat = {k: v for k, v in ident.items() if k not in DEFAULTS and not k.endswith("_config")}
+    for key in ("method_config", "repair_config"):
+        flat |= ident.get(key, {})
+    return ", ".join(f"{k}={v}" for k, v in sorted(flat.items()))
+
+
+def labelled(frame: pd.DataFrame) -> pd.Series:
+    """Column labels: ``method+repair``, with the configuration variant when not default."""
+    configs = frame["config"] if "config" in frame else [None] * len(frame)
+    labels = []
+    for m, r, c in zip(frame.method, frame.repair, configs, strict=True):
+        tag = variant(m, r, c)
+        labels.append(column_label(m, r) + (f" [{tag}]" if tag else ""))
+    return pd.Series(labels, index=frame.index)
+
+
 def accuracy_table(frame: pd.DataFrame, metric: str = "top1") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Mean and std (over seeds) of ``metric``, sparsity rows × method[+repair] columns."""
-    frame = frame.assign(
-        column=[column_label(m, r) for m, r in zip(frame.method, frame.repair, strict=True)]
-    )
+    """Mean and std (over seeds) of ``metric``, sparsity rows × method[+repair] columns; rows
+    of different configurations get different columns, never one average."""
+    frame = frame.assign(column=labelled(frame))
     groups = frame.groupby(["sparsity", "column"], sort=False)[metric]
     mean = groups.mean().unstack("column").sort_index()
     std = groups.std(ddof=1).unstack("column").reindex_like(mean)
@@ -96,3 +137,49 @@ def render(mean: pd.DataFrame, std: pd.DataFrame, fmt: str, digits: int = 2) -> 
         align = ["right"] * (len(cells.columns) + 1)
         return cells.to_markdown(colalign=align, disable_numparse=True)
     return cells.to_latex(escape=False, column_format="r" * (len(cells.columns) + 1))
+
+
+def paper_layout(
+    mean: pd.DataFrame, std: pd.DataFrame, faithful: bool = False
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Columns renamed and ordered as the paper's Table 1; a column we have no rows for is
+    shown empty ("–"), never filled from elsewhere."""
+    variants = FAITHFUL_VARIANTS if faithful else {}
+    wanted = {
+        name: column_label(*pair) + (f" [{variants[name]}]" if name in variants else "")
+        for name, pair in PAPER_COLUMNS.items()
+    }
+    pick = lambda f: pd.DataFrame(  # noqa: E731
+        {name: f[col] if col in f else float("nan") for name, col in wanted.items()},
+        index=f.index,
+    )
+    return pick(mean), pick(std)
+
+
+def table_for(
+    frame: pd.DataFrame,
+    layout: str = "methods",
+    fmt: str = "markdown",
+    metric: str = "top1",
+    digits: int = 2,
+    **filters: object,
+) -> list[tuple[str, str]]:
+    """Rendered tables, one per (model, checkpoint, dataset), with a title each."""
+    if layout not in LAYOUTS:
+        raise ReflowError(f"unknown layout {layout!r}; layouts: {', '.join(LAYOUTS)}")
+    rows = filter_rows(frame, **filters)
+    rows = with_defaults(expand_config(rows))  # one repair configuration per table, never mixed
+    groups = rows.groupby(["model", "checkpoint", "dataset"])
+    out = []
+    for (model, ckpt, dataset), group in groups:
+        mean, std = accuracy_table(group, metric)
+        if layout.startswith("paper"):
+            mean, std = paper_layout(mean, std, faithful=layout == "paper-faithful")
+        dense = group["dense_top1"].iloc[0]
+        title = (
+            f"{model} ({ckpt}) on {dataset}: {metric}, dense top-1 {dense:.2f}"
+            if len(groups) > 1 or fmt != "csv"
+            else ""
+        )
+        out.append((title, render(mean, std, fmt, digits)))
+    return out

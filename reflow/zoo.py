@@ -17,6 +17,8 @@ from torch import nn
 from reflow import paths
 from reflow.cifar_resnet import cifar_resnet
 from reflow.errors import ReflowError, unknown_name
+from reflow.mobilenet import MobileNetV1Cifar
+from reflow.registry import Registry
 
 _AKAMASTER = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/"
 _AKAMASTER_RECIPE = (
@@ -49,6 +51,11 @@ class ModelEntry:
     build: Callable[[int], nn.Module]
     num_classes: int
     checkpoints: tuple[Checkpoint, ...] = field(default_factory=tuple)
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square input images the architecture expects."""
+        return 32 if self.family == "cifar" else 224
 
     def checkpoint(self, name: str) -> Checkpoint:
         for ckpt in self.checkpoints:
@@ -122,7 +129,22 @@ def _torchvision_checkpoints(arch: str) -> tuple[Checkpoint, ...]:
     )
 
 
-def _registry() -> dict[str, ModelEntry]:
+def _shared_checkpoint(
+    file: str, digest: str, top1: float, recipe: str, name: str = "cifar10-jpeg"
+) -> Checkpoint:
+    """A checkpoint trained here for cifar10-jpeg (no public URL; lives in REFLOW_HOME/models)."""
+    return Checkpoint(
+        name=name,
+        file=file,
+        sha256=digest,
+        url=None,
+        dense_top1={"cifar10-jpeg": top1},
+        accuracy_source="shared/README.md (eval: ToTensor + Normalize, full test split)",
+        recipe=recipe,
+    )
+
+
+def _registry() -> Registry[ModelEntry]:
     entries = [
         ModelEntry("resnet20", "cifar", lambda n: cifar_resnet(20, n), 10, _resnet20_checkpoints()),
         ModelEntry("resnet32", "cifar", lambda n: cifar_resnet(32, n), 10, _resnet32_checkpoints()),
@@ -147,6 +169,37 @@ def _registry() -> dict[str, ModelEntry]:
             10,
             _cifar_checkpoints(110, "1d1ed7c2", 93.68),
         ),
+        ModelEntry(
+            "resnet20_ln",
+            "cifar",
+            lambda n: cifar_resnet(20, n, norm="layer"),
+            10,
+            (
+                _shared_checkpoint(
+                    "resnet20_ln_cifar10jpeg.pt",
+                    "c27e5571a50cead146cc118493c1cbcbf93ddde2cfb337fc962f7c970e92c3c2",
+                    83.99,
+                    "every BatchNorm2d of resnet20_cifar10jpeg.pt replaced by GroupNorm(1, C) (BN "
+                    "affine copied in), fine-tuned 32 epochs on cifar10-jpeg train: one-cycle SGD "
+                    "nesterov, max lr 0.1, wd 5e-4, batch 128, random crop + flip",
+                ),
+            ),
+        ),
+        ModelEntry(
+            "mobilenet_v1",
+            "cifar",
+            MobileNetV1Cifar,
+            10,
+            (
+                _shared_checkpoint(
+                    "mobilenetv1_cifar10jpeg.pt",
+                    "0b258aaa2fecbee8e7810ad0f7058ea73621dd6362b12290b6e6b7621a6e06bb",
+                    86.45,
+                    "trained from scratch on cifar10-jpeg train: 20 epochs, one-cycle SGD "
+                    "nesterov, max lr 0.1, wd 5e-4, batch 128, random crop + flip",
+                ),
+            ),
+        ),
     ]
     for arch in (
         "resnet50",
@@ -160,20 +213,21 @@ def _registry() -> dict[str, ModelEntry]:
             arch
         )
         entries.append(ModelEntry(arch, "imagenet", build, 1000, _torchvision_checkpoints(arch)))
-    return {e.name: e for e in entries}
+    registry: Registry[ModelEntry] = Registry("model")
+    for entry in entries:
+        registry.add(entry.name, entry)
+    return registry
 
 
-MODELS: dict[str, ModelEntry] = _registry()
+MODELS: Registry[ModelEntry] = _registry()
 
 
 def list_models() -> list[str]:
-    return list(MODELS)
+    return MODELS.names()
 
 
 def get_entry(name: str) -> ModelEntry:
-    if name not in MODELS:
-        raise unknown_name("model", name, MODELS)
-    return MODELS[name]
+    return MODELS.get(name)
 
 
 def sha256_of(path: Path) -> str:
@@ -273,6 +327,26 @@ def get_model(name: str, checkpoint: str | None = None, dataset: str | None = No
     _load_into(model, read_state_dict(path), path)
     recorded = ckpt.dense_top1.get(dataset) if dataset else None
     return LoadedModel(model.eval(), entry, ckpt.name, recorded)
+
+
+def check_checkpoint(name: str, checkpoint: str | None, dataset: str) -> None:
+    """Raise now, before any row runs, if the weights a row would load cannot be found.
+
+    A zoo checkpoint with a public URL that is not on disk yet passes: it is downloaded on load.
+    """
+    entry = get_entry(name)
+    if checkpoint is None:
+        ckpt = entry.default_checkpoint(dataset)
+    elif checkpoint == "none":
+        return
+    elif Path(checkpoint).suffix or any(sep in checkpoint for sep in "/\\"):
+        if not Path(checkpoint).is_file():
+            raise ReflowError(f"checkpoint file not found: {Path(checkpoint).resolve()}")
+        return
+    else:
+        ckpt = entry.checkpoint(checkpoint)
+    if ckpt is not None and ckpt.url is None:
+        locate_checkpoint(ckpt, download=False)
 
 
 def checkpoint_label(name: str, checkpoint: str | None, dataset: str) -> str:

@@ -76,7 +76,7 @@ def test_run_table_collapse(tmp_path, capsys) -> None:
         (["--method", "magnitude"], "unknown method 'magnitude'; valid methods:"),
         (["--sparsity", "1.2"], "sparsity must be in [0, 1)"),
         (["--set", "mp.nothing=1"], "has no option 'nothing'"),
-        (["--set", "broken"], "--set takes METHOD.OPTION=VALUE"),
+        (["--set", "broken"], "--set takes NAME.OPTION=VALUE"),
         (["--checkpoint", "/no/such/file.pt"], "checkpoint file not found"),
     ],
 )
@@ -85,7 +85,7 @@ def test_bad_input_exits_2_with_one_clear_message(args, message, tmp_path, capsy
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
-    assert not (tmp_path / "out" / "results.csv").exists()
+    assert not (tmp_path / "out").exists()
 
 
 def test_table_on_missing_folder(tmp_path, capsys) -> None:

@@ -14,7 +14,7 @@ from reflow import baselines
 from reflow.cifar_resnet import cifar_resnet
 from reflow.data import ImageData
 from reflow.masks import prunable_parameters, sparsity_of
-from reflow.recalibrate import batchnorm_layers
+from reflow.norms import batchnorm_layers
 from reflow.timing import PhaseTimer
 
 #: Small settings so that data-hungry methods stay fast in unit tests.

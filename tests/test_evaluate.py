@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from reflow.evaluate import bn_variance_probe, evaluate, variance_ratios
+from reflow.evaluate import evaluate, variance_probe, variance_ratios
 
 
 def test_probe_variance_is_variance_over_all_elements(tiny_model: nn.Module) -> None:
@@ -10,7 +10,7 @@ def test_probe_variance_is_variance_over_all_elements(tiny_model: nn.Module) -> 
     xs = [torch.randn(8, 3, 32, 32, generator=g) * 3 + 5 for _ in range(3)]
     outputs = []
     handle = tiny_model.layer3[2].bn2.register_forward_hook(lambda m, i, o: outputs.append(o))
-    with torch.no_grad(), bn_variance_probe(tiny_model) as acc:
+    with torch.no_grad(), variance_probe(tiny_model) as acc:
         for x in xs:
             tiny_model(x)
     handle.remove()
@@ -25,7 +25,7 @@ def test_probe_is_accurate_when_variance_is_tiny_next_to_mean() -> None:
         bn.weight.fill_(1e-3)
     model = nn.Sequential(bn)
     x = torch.randn(4096, 1, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad(), bn_variance_probe(model) as acc:
+    with torch.no_grad(), variance_probe(model) as acc:
         for chunk in x.split(512):
             model(chunk)
     with torch.no_grad():
@@ -58,6 +58,6 @@ def test_probe_samples_limits_probe_not_accuracy(tiny_model: nn.Module) -> None:
     part = evaluate(tiny_model, batches, 10, probe_samples=8)
     off = evaluate(tiny_model, batches, 10, probe_samples=0)
     assert full.samples == part.samples == off.samples == 32
-    assert off.bn_variance == {}
-    assert part.bn_variance.keys() == full.bn_variance.keys()
-    assert part.bn_variance != full.bn_variance
+    assert off.norm_variance == {}
+    assert part.norm_variance.keys() == full.norm_variance.keys()
+    assert part.norm_variance != full.norm_variance

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reflow import harness
+from reflow import execute
 from reflow.errors import ReflowError
 from reflow.harness import Grid, Settings, run_grid
 from reflow.results import ResultStore
@@ -16,7 +16,7 @@ GRID = Grid(("resnet20",), ("synthetic",), ("mp", "random"), ("none", "reflow"),
 
 def test_grid_rows_and_columns(tmp_path) -> None:
     counts = run_grid(GRID, ResultStore(tmp_path), FAST, progress=False)
-    assert counts == {"done_before": 0, "ran": 8, "errors": 0}
+    assert counts == {"done_before": 0, "duplicates": 0, "ran": 8, "errors": 0}
     store = ResultStore(tmp_path, create=False)
     frame = store.read()
     required = {
@@ -99,7 +99,7 @@ def test_failure_in_a_phase_becomes_an_error_row(tmp_path, monkeypatch) -> None:
     def oom(*args, **kwargs):
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(harness, "repair_phase", oom)
+    monkeypatch.setattr(execute, "repair_phase", oom)
     grid = Grid(("resnet20",), ("synthetic",), ("mp",), ("reflow",), (0.5,))
     counts = run_grid(grid, ResultStore(tmp_path), FAST, progress=False)
     assert counts["errors"] == 1

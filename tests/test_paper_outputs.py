@@ -80,7 +80,7 @@ def swept(tmp_path_factory) -> ResultStore:
 def test_sweep_resumes_without_duplicates(swept, tmp_path) -> None:
     (tmp_path / "s.toml").write_text(SWEEP)
     counts = run_sweep(load_sweep(tmp_path / "s.toml"), swept, progress=False)
-    assert counts == {"done_before": 15, "ran": 0, "errors": 0}
+    assert counts == {"done_before": 15, "duplicates": 0, "ran": 0, "errors": 0}
     frame = swept.read()
     assert len(frame) == 15 and frame.run_id.is_unique
 

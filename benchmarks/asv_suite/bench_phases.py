@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 
-from .common import method_names, peak_rss_mb, real_setup, settings
+from .common import method_names, peak_rss_mb, real_setup, repair_names, settings
 
 SPARSITY = 0.7
 
@@ -58,7 +58,7 @@ class SelectPhase:
 class RepairPhase:
     """``repair`` on an mp-pruned resnet20, and the bare forward passes it needs, in one process."""
 
-    params = (["reflow", "adabn", "bnt"],)
+    params = (repair_names(),)
     param_names = ["repair"]
     number, repeat, rounds, warmup_time = 1, 3, 1, 0
     timeout = 600
@@ -74,10 +74,15 @@ class RepairPhase:
         )
         self.batches = list(calibration_batches(self.env, 0, settings()))
 
-    def time_repair(self, repair: str) -> None:
-        from reflow.recalibrate import apply_repair
+    def _repair(self, repair: str, model) -> None:
+        """The repair alone, on the calibration batches drawn in set-up."""
+        from reflow.repairs import RepairContext, get_repair
 
-        apply_repair(repair, copy.deepcopy(self.pruned), self.batches)
+        ctx = RepairContext(calibration=lambda: self.batches, dense_model=self.env.model)
+        get_repair(repair).repair(model, ctx)
+
+    def time_repair(self, repair: str) -> None:
+        self._repair(repair, copy.deepcopy(self.pruned))
 
     def time_bare_forward(self, repair: str) -> None:
         import torch
@@ -92,8 +97,6 @@ class RepairPhase:
 
         import torch
 
-        from reflow.recalibrate import apply_repair
-
         model = copy.deepcopy(self.pruned)
         start = time.perf_counter()
         with torch.no_grad():
@@ -101,7 +104,7 @@ class RepairPhase:
                 model(x)
         forward = time.perf_counter() - start
         start = time.perf_counter()
-        apply_repair(repair, model, self.batches)
+        self._repair(repair, model)
         return (time.perf_counter() - start) / forward
 
     track_repair_over_forward_ratio.unit = "ratio"

@@ -28,6 +28,13 @@ def method_names() -> list[str]:
     return list_methods()
 
 
+def repair_names() -> list[str]:
+    """Every registered repair that does something (all but ``none``)."""
+    from reflow.repairs import list_repairs
+
+    return [r for r in list_repairs() if r != "none"]
+
+
 def data_free_methods() -> list[str]:
     from reflow.baselines import get_method_class, list_methods
 
@@ -45,7 +52,7 @@ def real_setup():
 def settings(**changes):
     from reflow.harness import Settings
 
-    return Settings(method_options=ASV_METHOD_OPTIONS, **changes)
+    return Settings(options=ASV_METHOD_OPTIONS, **changes)
 
 
 def peak_rss_mb() -> float:

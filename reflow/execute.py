@@ -1,0 +1,251 @@
+"""Execute: run one task in whatever process an executor chose, and return plain rows.
+
+A worker process keeps its model/data set-ups (and their dense evaluations) in a cache, so a
+sweep loads each model and evaluates the dense network once per process, not once per settings
+combination. Rows come back as dicts of plain values (no tensors); any exception in a phase,
+out-of-memory included, becomes an ``error`` value in the rows it affects.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import os
+import traceback
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from reflow import baselines
+from reflow.baselines.base import PruneResult
+from reflow.errors import ReflowError
+from reflow.evaluate import Evaluation, variance_ratios
+from reflow.harness import (
+    PHASES,
+    Setup,
+    dense_evaluation,
+    evaluate_phase,
+    load_setup,
+    pick_device,
+    repair_phase,
+    select_phase,
+)
+from reflow.identity import full_config, run_id
+from reflow.masks import layer_densities, sparsity_of
+from reflow.norms import norm_layers
+from reflow.plan import RowSpec, SetupKey, Task
+from reflow.provenance import device_name, git_commit, gpu_settings, peak_memory_mb
+from reflow.repairs import get_repair
+from reflow.results import KEY
+from reflow.timing import PhaseTimer
+
+
+@dataclass(frozen=True)
+class ExecEnv:
+    """Where and how tasks run; plain values, so it travels to worker processes."""
+
+    device: str = "auto"
+    data_root: str | None = None
+    progress: bool = False
+    #: Modules imported before running (custom methods or repairs registering themselves).
+    plugins: tuple[str, ...] = ()
+
+
+@dataclass
+class RowResult:
+    row: dict
+    probes: list[dict] = field(default_factory=list)
+    layers: list[dict] = field(default_factory=list)
+
+
+_SETUPS: dict[tuple, Setup] = {}
+
+
+def load_plugins(plugins: tuple[str, ...]) -> None:
+    for name in plugins:
+        importlib.import_module(name)
+
+
+def cached_setup(key: SetupKey, env: ExecEnv) -> Setup:
+    """This process's set-up for ``key`` (loaded on first use)."""
+    cache_key = (key, env.device, env.data_root)
+    if cache_key not in _SETUPS:
+        device = pick_device(env.device)
+        root = Path(env.data_root) if env.data_root else None
+        setup = load_setup(
+            key.model, key.dataset, key.checkpoint, device, root, dense_bn=key.dense_bn
+        )
+        if device.type == "cuda":
+            warm_up(setup)
+        _SETUPS[cache_key] = setup
+    return _SETUPS[cache_key]
+
+
+@torch.no_grad()
+def warm_up(setup: Setup) -> None:
+    """One forward pass before anything is timed (CUDA context, cuDNN algorithm choice)."""
+    x, _ = next(iter(setup.data.test_batches(32)))
+    setup.model(x.to(setup.device))
+    torch.cuda.synchronize(setup.device)
+
+
+def execute(task: Task, env: ExecEnv) -> list[RowResult]:
+    """All rows of ``task``: select once, then repair and evaluate a copy per repair."""
+    load_plugins(env.plugins)
+    try:
+        setup = cached_setup(task.setup, env)
+        dense = dense_evaluation(setup, task.settings, env.progress)
+    except Exception as exc:  # the set-up itself failed: every row carries the error
+        return [RowResult(_error_row(task, spec, None, exc)) for spec in task.rows]
+    method = baselines.get_method(task.method, task.settings.options.get(task.method))
+    if setup.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(setup.device)
+    timer = PhaseTimer(setup.device)
+    try:
+        pruned, result = select_phase(setup, method, task.sparsity, task.seed, task.settings, timer)
+    except Exception as exc:
+        _free_cuda(setup)
+        return [RowResult(_error_row(task, spec, setup, exc)) for spec in task.rows]
+    select_seconds = dict(timer.seconds)
+    rows = []
+    for spec in task.rows:
+        timer.seconds = dict(select_seconds)
+        repair = get_repair(spec.repair, task.settings.options.get(spec.repair))
+        try:
+            model = copy.deepcopy(pruned)
+            with timer.phase("repair"):
+                calib = repair_phase(setup, model, repair, task.seed, task.settings, env.progress)
+            with timer.phase("evaluate"):
+                ev = evaluate_phase(setup, model, task.settings, env.progress)
+        except Exception as exc:
+            _free_cuda(setup)
+            rows.append(RowResult(_error_row(task, spec, setup, exc)))
+            continue
+        row = _result_row(task, spec, setup, method, repair, result, ev, dense, calib, timer)
+        row |= _structure_columns(setup, model, result)
+        rows.append(RowResult(row, _probe_rows(ev, dense, model), _layer_rows(result)))
+    return rows
+
+
+def _free_cuda(setup: Setup | None) -> None:
+    if setup is not None and setup.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _key(task: Task, spec: RowSpec) -> dict:
+    return dict(zip(KEY, spec.key, strict=True))
+
+
+def _provenance(task: Task, spec: RowSpec, setup: Setup | None) -> dict:
+    method = baselines.get_method(task.method, task.settings.options.get(task.method))
+    repair = get_repair(spec.repair, task.settings.options.get(spec.repair))
+    config = full_config(method.config, repair.config, task.settings)
+    return {
+        **_key(task, spec),
+        "run_id": run_id(spec.key),
+        "experiment": task.experiment,
+        "scope": task.settings.scope,
+        "pattern": task.settings.pattern or None,
+        "dense_bn": task.settings.dense_bn,
+        "device": device_name(setup.device) if setup else "not loaded",
+        "torch": torch.__version__,
+        "git_commit": git_commit(),
+        "worker": f"{os.uname().nodename}:{os.getpid()}",
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "threads": torch.get_num_threads(),
+        **gpu_settings(),
+        "config": json.dumps(config, sort_keys=True),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _result_row(
+    task: Task,
+    spec: RowSpec,
+    setup: Setup,
+    method: baselines.Method,
+    repair,
+    result: PruneResult,
+    ev: Evaluation,
+    dense: Evaluation,
+    calib_samples: int,
+    timer: PhaseTimer,
+) -> dict:
+    report = sparsity_of(result.masks)
+    densities = layer_densities(result.masks)
+    info = dict(result.info)
+    row = _provenance(task, spec, setup) | {
+        "sparsity_achieved": report.sparsity,
+        "prunable_params": report.total,
+        "min_layer_density": min(densities.values()),
+        "layers_emptied": sum(d == 0.0 for d in densities.values()),
+        "top1": ev.top1,
+        "top5": ev.top5,
+        "loss": ev.loss,
+        "dense_top1": dense.top1,
+        "dense_top5": dense.top5,
+        "recorded_dense_top1": setup.loaded.recorded_top1,
+        "top_class_share": ev.top_class_share,
+        "predictions": json.dumps(ev.predictions),
+        "dense_predictions": json.dumps(dense.predictions),
+        "calib_samples": calib_samples,
+        "grad_samples": int(info.pop("grad_samples", 0)),
+        "activation_samples": int(info.pop("activation_samples", 0)),
+        "eval_samples": ev.samples,
+        "peak_mem_mb": peak_memory_mb(setup.device),
+        "error": None,
+    }
+    row |= {f"t_{phase}": timer.seconds.get(phase) for phase in PHASES}
+    row["hamming_vs_mp"] = info.pop("hamming_vs_mp")
+    row |= {f"info_{k}": v for k, v in info.items()}
+    return row
+
+
+def _structure_columns(setup: Setup, model: torch.nn.Module, result: PruneResult) -> dict:
+    """Parameters, multiply-accumulates and latency of physically smaller (structured) models."""
+    if result.model is None:
+        return {}
+    from reflow.structure import structure_report
+
+    return structure_report(setup.model, model, setup.data, setup.device)
+
+
+def _error_row(task: Task, spec: RowSpec, setup: Setup | None, exc: BaseException) -> dict:
+    message = f"{type(exc).__name__}: {exc}".strip()
+    tqdm.write(f"error in {task.method}+{spec.repair} s={task.sparsity}: {message}")
+    if not isinstance(exc, ReflowError | torch.cuda.OutOfMemoryError):
+        tqdm.write("".join(traceback.format_exception(exc)))
+    return _provenance(task, spec, setup) | {"error": message}
+
+
+def _probe_rows(ev: Evaluation, dense: Evaluation, model: torch.nn.Module) -> list[dict]:
+    if not ev.norm_variance:
+        return []
+    kinds = {n: type(m).__name__ for n, m in norm_layers(model).items()}
+    return [
+        {
+            "layer": name,
+            "norm_index": i,
+            "norm_type": kinds.get(name),
+            "var_dense": dense.norm_variance[name],
+            "var_pruned": ev.norm_variance[name],
+            "ratio": ratio,
+        }
+        for i, (name, ratio) in enumerate(variance_ratios(ev, dense).items())
+    ]
+
+
+def _layer_rows(result: PruneResult) -> list[dict]:
+    return [
+        {
+            "layer": name,
+            "layer_index": i,
+            "params": int(result.masks[name].numel()),
+            "density": density,
+        }
+        for i, (name, density) in enumerate(layer_densities(result.masks).items())
+    ]

@@ -1,0 +1,80 @@
+"""The executor seam: how tasks reach workers. Executors are registered like methods and repairs;
+the planner and the committing writer never know which one runs.
+
+An executor yields each task's rows as the task completes (in any order); the driving process
+commits them. A task whose worker dies is yielded with error rows (``crash: ...``), never rerun
+behind the user's back.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+from reflow.errors import ReflowError
+from reflow.execute import ExecEnv, RowResult, execute
+from reflow.options import NoConfig, make_config
+from reflow.plan import Task
+from reflow.registry import Registry
+
+
+class Executor(ABC):
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    Config: ClassVar[type] = NoConfig
+    #: Python packages the executor needs (an optional extra), with the extra's name.
+    requires: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str] = ""
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    def check(self) -> None:
+        """Raise before planning when the engine behind this executor is not installed."""
+        import importlib.util
+
+        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ReflowError(
+                f"--executor {self.name} needs {', '.join(missing)}: "
+                f'pip install -e ".[{self.extra}]" (or pip install {" ".join(missing)})'
+            )
+
+    @abstractmethod
+    def run(self, tasks: list[Task], env: ExecEnv) -> Iterator[tuple[Task, list[RowResult]]]:
+        """Yield ``(task, rows)`` for every task as it completes."""
+
+    def close(self) -> None:  # noqa: B027 (optional hook: most executors hold nothing)
+        """Release workers and clusters this executor started."""
+
+
+EXECUTORS: Registry[type[Executor]] = Registry("executor")
+register = EXECUTORS.register
+
+
+def get_executor(name: str, options: dict[str, str] | None = None) -> Executor:
+    cls = EXECUTORS.get(name)
+    return cls(make_config(cls.Config, options or {}, owner=name))
+
+
+@register
+class SerialExecutor(Executor):
+    name = "serial"
+    summary = "every task in this process, one after another (the default)"
+
+    def run(self, tasks: list[Task], env: ExecEnv) -> Iterator[tuple[Task, list[RowResult]]]:
+        for task in tasks:
+            yield task, execute(task, env)
+
+
+def crash_rows(task: Task, reason: str) -> list[RowResult]:
+    """Error rows for a task whose worker died (the rows say so; a rerun retries them)."""
+    from reflow.execute import _error_row
+
+    return [RowResult(_error_row(task, spec, None, _Crash(reason))) for spec in task.rows]
+
+
+class _Crash(ReflowError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"crash: {reason}")

@@ -1,0 +1,240 @@
+"""Plan: turn experiments (a grid times settings) into tasks, skipping finished rows.
+
+A *task* is the rows that share one mask selection: one (model set-up, method, sparsity, seed,
+settings) and the repairs still to run on it. Tasks are plain frozen values, so any executor can
+ship them to another process. Everything that can be checked without running a row is checked
+here, against an unweighted build of each model: names, options, scopes, repairs that cannot
+apply, ``--recalibrate-layers`` ranges, N:M patterns, data and checkpoint files.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from torch import nn
+
+from reflow import baselines
+from reflow.data import check_dataset
+from reflow.errors import ReflowError
+from reflow.harness import Grid
+from reflow.identity import config_hash, identity
+from reflow.masks import Pattern, prunable_parameters
+from reflow.recalibrate import select_layers
+from reflow.repairs import REPAIRS, get_repair
+from reflow.results import row_key
+from reflow.settings import Settings
+from reflow.zoo import check_checkpoint, checkpoint_label, get_entry
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A named grid run under one or more settings combinations."""
+
+    name: str
+    grid: Grid
+    settings: tuple[Settings, ...]
+
+    def size(self) -> int:
+        return self.grid.size() * len(self.settings)
+
+
+@dataclass(frozen=True)
+class SetupKey:
+    """What a worker loads once and reuses: model weights on data, dense BN as set."""
+
+    model: str
+    checkpoint: str | None
+    dataset: str
+    dense_bn: str = "checkpoint"
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    repair: str
+    key: tuple
+    config_hash: str
+
+
+@dataclass(frozen=True)
+class Task:
+    setup: SetupKey
+    method: str
+    sparsity: float
+    seed: int
+    settings: Settings
+    rows: tuple[RowSpec, ...]
+    experiment: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.setup.model} {self.method} s={self.sparsity:g} seed={self.seed}"
+
+
+def validate(experiments: list[Experiment], data_root: Path | None = None) -> None:
+    """Raise on anything that would make a row fail for a reason known before it runs."""
+    for experiment in experiments:
+        grid = experiment.grid
+        grid.validate()
+        for settings in experiment.settings:
+            _check_options(experiment.name, grid, settings)
+            pattern = settings.parsed_pattern
+            if pattern:
+                _check_pattern(grid, pattern)
+            for model in grid.models:
+                _check_model(model, grid, settings)
+        for model, checkpoint, dataset in itertools.product(
+            grid.models, grid.checkpoints, grid.datasets
+        ):
+            check_dataset(dataset, data_root)
+            check_checkpoint(model, checkpoint, dataset)
+
+
+def _check_options(name: str, grid: Grid, settings: Settings) -> None:
+    for target, options in settings.options.items():
+        if target in grid.methods:
+            baselines.get_method(target, options)
+        elif target in grid.repairs:
+            get_repair(target, options)
+        else:
+            known = (
+                "method"
+                if target in baselines.METHODS
+                else ("repair" if target in REPAIRS else None)
+            )
+            where = f"{name}: " if name != "run" else ""
+            if known:
+                raise ReflowError(
+                    f"{where}options are set for {known} {target!r}, which this run does not "
+                    f"include (methods: {', '.join(grid.methods)}; repairs: "
+                    f"{', '.join(grid.repairs)})"
+                )
+            raise ReflowError(
+                f"{where}options are set for {target!r}, which is neither a method nor a repair; "
+                f"methods in this run: {', '.join(grid.methods)}; repairs: "
+                f"{', '.join(grid.repairs)}"
+            )
+
+
+def _check_pattern(grid: Grid, pattern: Pattern) -> None:
+    wrong = [s for s in grid.sparsities if abs(s - pattern.sparsity) > 1e-9]
+    if wrong:
+        raise ReflowError(
+            f"pattern {pattern} fixes the sparsity at {pattern.sparsity:g} (1 − N/M), but "
+            f"sparsity {', '.join(f'{s:g}' for s in wrong)} was asked for; drop --sparsity or "
+            f"set it to {pattern.sparsity:g}"
+        )
+    for name in grid.methods:
+        if not baselines.get_method_class(name).supports_pattern:
+            raise ReflowError(
+                f"method {name} does not select by per-weight scores, so an N:M pattern cannot "
+                "constrain its mask; pattern-capable methods: "
+                + ", ".join(
+                    m
+                    for m in baselines.list_methods()
+                    if baselines.get_method_class(m).supports_pattern
+                )
+            )
+
+
+@cache
+def unweighted(model: str) -> nn.Module:
+    """The architecture without loading weights: enough for every structural check."""
+    entry = get_entry(model)
+    return entry.build(entry.num_classes)
+
+
+def _check_model(model: str, grid: Grid, settings: Settings) -> None:
+    arch = unweighted(model)
+    params = prunable_parameters(arch, settings.scope)
+    if not params:
+        raise ReflowError(f"scope {settings.scope!r} leaves no prunable weight in {model}")
+    for name in grid.repairs:
+        repair = get_repair(name, settings.options.get(name))
+        if reason := repair.applies_to(arch):
+            raise ReflowError(f"repair {name} cannot run on {model}: {reason}")
+        count = repair.layer_count(arch)
+        if count is not None and settings.recalibrate_layers != "all":
+            try:
+                select_layers(list(range(count)), settings.recalibrate_layers)
+            except ReflowError as exc:
+                raise ReflowError(f"{model}, repair {name}: {exc}") from None
+    for name in grid.methods:
+        method = baselines.get_method(name, settings.options.get(name))
+        if reason := method.applies_to(arch):
+            raise ReflowError(f"method {name} cannot run on {model}: {reason}")
+
+
+def row_config_hash(method: str, repair: str, settings: Settings) -> str:
+    m = baselines.get_method(method, settings.options.get(method))
+    r = get_repair(repair, settings.options.get(repair))
+    return config_hash(identity(m.config, r.config, settings))
+
+
+@dataclass
+class Plan:
+    tasks: list[Task]
+    #: Rows already in the store.
+    done_before: int = 0
+    #: Rows declared by more than one experiment (planned once).
+    duplicates: int = 0
+
+    @property
+    def rows(self) -> int:
+        return sum(len(t.rows) for t in self.tasks)
+
+
+def plan(experiments: list[Experiment], finished: set[tuple]) -> Plan:
+    """Tasks for every row not in ``finished``; a row declared twice is planned once."""
+    result = Plan([])
+    planned: set[tuple] = set()
+    for experiment in experiments:
+        grid = experiment.grid
+        for settings in experiment.settings:
+            for model, ckpt, dataset, method, sparsity, seed in itertools.product(
+                grid.models,
+                grid.checkpoints,
+                grid.datasets,
+                grid.methods,
+                grid.sparsities,
+                grid.seeds,
+            ):
+                label = checkpoint_label(model, ckpt, dataset)
+                rows = []
+                for repair in grid.repairs:
+                    digest = row_config_hash(method, repair, settings)
+                    key = row_key(
+                        {
+                            "model": model,
+                            "checkpoint": label,
+                            "dataset": dataset,
+                            "method": method,
+                            "repair": repair,
+                            "sparsity": sparsity,
+                            "seed": seed,
+                            "config_hash": digest,
+                        }
+                    )
+                    if key in finished:
+                        result.done_before += 1
+                    elif key in planned:
+                        result.duplicates += 1
+                    else:
+                        planned.add(key)
+                        rows.append(RowSpec(repair, key, digest))
+                if rows:
+                    setup = SetupKey(model, ckpt, dataset, settings.dense_bn)
+                    result.tasks.append(
+                        Task(
+                            setup,
+                            method,
+                            float(sparsity),
+                            int(seed),
+                            settings,
+                            tuple(rows),
+                            experiment.name,
+                        )
+                    )
+    return result

@@ -1,0 +1,50 @@
+"""One registry shape for every extensible area (methods, repairs, models, executors).
+
+A registry maps names to registered things: classes with a ``name`` class attribute (added with
+the `Registry.register` decorator) or entry objects (added with `Registry.add`). Names are unique:
+registering one twice is an error, so a plugin cannot silently replace a built-in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Generic, TypeVar
+
+from reflow.errors import ReflowError, unknown_name
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Named things of one kind, in registration order."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, cls: T) -> T:
+        """Class decorator: register ``cls`` under ``cls.name``."""
+        return self.add(cls.name, cls)  # type: ignore[attr-defined]
+
+    def add(self, name: str, item: T) -> T:
+        if name in self._items:
+            raise ReflowError(f"{self.kind} name {name!r} is registered twice")
+        self._items[name] = item
+        return item
+
+    def get(self, name: str) -> T:
+        if name not in self._items:
+            raise unknown_name(self.kind, name, self._items)
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        return list(self._items)
+
+    def items(self) -> Iterator[tuple[str, T]]:
+        return iter(self._items.items())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -1,0 +1,59 @@
+"""Harness settings shared by every row of a run (the options that are not a method's or a
+repair's own). Non-default values enter a row's identity; defaults never do, so a setting added
+later with a default that changes nothing keeps every stored row's identity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from reflow.errors import ReflowError, unknown_name
+from reflow.masks import SCOPES, Pattern
+
+#: How the dense model's BatchNorm statistics are set before pruning.
+DENSE_BN = {
+    "checkpoint": "as stored in the checkpoint (default)",
+    "train": "re-estimated by one train-mode pass over the train split, momentum 0.1, as CHITA's "
+    "and M-FAC's ResNet-20 scripts do before pruning",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Options shared by every row of a run."""
+
+    scope: str = "all"
+    calib_batches: int = 50
+    calib_batch_size: int = 128
+    recalibrate_layers: str = "all"
+    eval_batch_size: int = 500
+    probe_samples: int = 2000
+    dense_bn: str = "checkpoint"
+    #: N:M pattern (e.g. "2:4") every score-based mask follows; "" for none.
+    pattern: str = ""
+    #: Per-method and per-repair option overrides as strings: ``{"wf_u": {"num_grads": "200"}}``.
+    options: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("calib_batches", "calib_batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ReflowError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.probe_samples < 0:
+            raise ReflowError(f"probe_samples must be >= 0, got {self.probe_samples}")
+        if self.scope not in SCOPES:
+            raise unknown_name("scope", self.scope, SCOPES)
+        if self.dense_bn not in DENSE_BN:
+            raise unknown_name("dense_bn setting", self.dense_bn, DENSE_BN)
+        where, _, count = self.recalibrate_layers.partition(":")
+        if self.recalibrate_layers != "all" and (
+            where not in {"first", "last"} or not count.isdigit()
+        ):
+            raise ReflowError(
+                "recalibrate_layers must be 'all', 'first:K' or 'last:K', got "
+                f"{self.recalibrate_layers!r}"
+            )
+        if self.pattern:
+            Pattern.parse(self.pattern)
+
+    @property
+    def parsed_pattern(self) -> Pattern | None:
+        return Pattern.parse(self.pattern) if self.pattern else None

@@ -1,0 +1,127 @@
+"""Planning: every setting is checked against the models before any row runs, rows are keyed by
+their non-default configuration only, and shared rows are planned once."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from reflow import baselines, execute
+from reflow.errors import ReflowError
+from reflow.harness import Grid, run_grid
+from reflow.identity import config_hash, identity
+from reflow.options import option
+from reflow.plan import Experiment, plan, row_config_hash, validate
+from reflow.repairs import get_repair
+from reflow.results import ResultStore
+from reflow.settings import Settings
+
+GRID = Grid(("resnet20",), ("synthetic",), ("mp",), ("none", "reflow"), (0.5,))
+FAST = Settings(calib_batches=1, calib_batch_size=8, probe_samples=0)
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fail the test if any row starts (a model load is the first expensive step)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a row started before the bad input was reported")
+
+    monkeypatch.setattr(execute, "load_setup", refuse)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"wfu": {"num_grads": "8"}}, "neither a method nor a repair"),
+        ({"wf_u": {"num_grads": "8"}}, "method 'wf_u', which this run does not include"),
+        ({"mp": {"nothing": "1"}}, "has no option 'nothing'"),
+    ],
+)
+def test_options_for_names_outside_the_grid_are_errors(tmp_path, options, message, no_loading):
+    settings = dataclasses.replace(FAST, options=options)
+    with pytest.raises(ReflowError, match=message):
+        run_grid(GRID, ResultStore(tmp_path), settings, progress=False)
+    assert ResultStore(tmp_path).count() == 0
+
+
+def test_fixed_options_are_refused(tmp_path, no_loading) -> None:
+    grid = dataclasses.replace(GRID, methods=("obd",))
+    settings = dataclasses.replace(FAST, options={"obd": {"block_size": "4"}})
+    with pytest.raises(ReflowError, match=r"obd.block_size is fixed at 1"):
+        run_grid(grid, ResultStore(tmp_path), settings, progress=False)
+
+
+def test_recalibrate_layers_beyond_the_model_fail_before_any_row(tmp_path, no_loading) -> None:
+    settings = dataclasses.replace(FAST, recalibrate_layers="last:99")
+    with pytest.raises(ReflowError, match="asks for 99 layers but the model has 19"):
+        run_grid(GRID, ResultStore(tmp_path), settings, progress=False)
+
+
+def test_a_repair_that_cannot_apply_is_refused_before_any_row(tmp_path, no_loading) -> None:
+    grid = dataclasses.replace(GRID, models=("resnet20_ln",), repairs=("none", "reflow"))
+    with pytest.raises(ReflowError, match=r"repair reflow cannot run on resnet20_ln: .*GroupNorm"):
+        run_grid(grid, ResultStore(tmp_path), FAST, progress=False)
+
+
+def test_missing_data_is_reported_before_any_row(tmp_path, no_loading) -> None:
+    grid = dataclasses.replace(GRID, datasets=("cifar10-jpeg",))
+    with pytest.raises(ReflowError, match="data folder not found"):
+        validate([Experiment("x", grid, (FAST,))], tmp_path / "nowhere")
+
+
+def test_identity_holds_only_non_default_values() -> None:
+    mp, none = baselines.get_method("mp"), get_repair("none")
+    assert identity(mp.config, none.config, Settings()) == {}
+    assert row_config_hash("mp", "none", Settings()) == config_hash({})
+    changed = Settings(calib_batches=10)
+    assert identity(mp.config, none.config, changed) == {"calib_batches": 10}
+    # an option set to its default value is the same row as one left unset
+    wf_default = Settings(options={"wf_u": {"num_grads": "1000"}})
+    assert row_config_hash("wf_u", "none", wf_default) == row_config_hash(
+        "wf_u", "none", Settings()
+    )
+    assert row_config_hash("wf_u", "none", Settings(options={"wf_u": {"num_grads": "10"}})) != (
+        row_config_hash("wf_u", "none", Settings())
+    )
+
+
+def test_a_new_option_with_a_default_keeps_every_identity(monkeypatch) -> None:
+    """OpenLTH's rule: adding an option that defaults to "no effect" re-keys no stored row."""
+    cls = baselines.get_method_class("wf_u")
+    before = row_config_hash("wf_u", "reflow", Settings())
+
+    @dataclasses.dataclass(frozen=True)
+    class Extended(cls.Config):
+        new_option: int = option(0, "an option added later")
+
+    monkeypatch.setattr(cls, "Config", Extended)
+    assert row_config_hash("wf_u", "reflow", Settings()) == before
+
+
+def test_rows_shared_by_experiments_are_planned_once() -> None:
+    a = Experiment("a", GRID, (FAST,))
+    b = Experiment("b", dataclasses.replace(GRID, repairs=("reflow",)), (FAST,))
+    todo = plan([a, b], set())
+    assert todo.rows == 2 and todo.duplicates == 1
+    assert [len(t.rows) for t in todo.tasks] == [2]  # the rows of one selection form one task
+
+
+def test_pattern_fixes_the_sparsity_and_needs_a_score_based_method(tmp_path, no_loading) -> None:
+    with pytest.raises(ReflowError, match=r"pattern 2:4 fixes the sparsity at 0.5"):
+        validate(
+            [
+                Experiment(
+                    "x", dataclasses.replace(GRID, sparsities=(0.7,)), (Settings(pattern="2:4"),)
+                )
+            ]
+        )
+    with pytest.raises(ReflowError, match="mp_mt does not select by per-weight scores"):
+        validate(
+            [
+                Experiment(
+                    "x", dataclasses.replace(GRID, methods=("mp_mt",)), (Settings(pattern="2:4"),)
+                )
+            ]
+        )
