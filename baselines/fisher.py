@@ -9,12 +9,9 @@ solver: `BlockFisher.add_batch` accumulates, `inverse` solves all blocks in one 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-from torch.func import functional_call, grad, vmap
 
 from reflow.errors import ReflowError
 
@@ -144,44 +141,6 @@ class BlockFisher:
 
     def free(self) -> None:
         del self.matrix
-
-
-def per_sample_gradients(
-    model: nn.Module,
-    params: dict[str, nn.Parameter],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    group: int = 1,
-    chunk: int = 64,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Yield gradients of the loss on consecutive groups of ``group`` samples, ``chunk`` at a time.
-
-    Vectorised with ``torch.func.vmap`` over ``grad``; the model runs in eval mode, so BN uses
-    (and never updates) its running statistics.
-    """
-    model.eval()
-    frozen = {
-        k: v.detach()
-        for k, v in {**dict(model.named_parameters()), **dict(model.named_buffers())}.items()
-        if k not in params
-    }
-    names = list(params)
-
-    def loss_of(
-        weights: tuple[torch.Tensor, ...], xs: torch.Tensor, ys: torch.Tensor
-    ) -> torch.Tensor:
-        return loss_fn(
-            functional_call(model, {**frozen, **dict(zip(names, weights, strict=True))}, (xs,)), ys
-        )
-
-    weights = tuple(p.detach() for p in params.values())
-    grad_fn = vmap(grad(loss_of), in_dims=(None, 0, 0))
-    n = x.shape[0] // group
-    xs, ys = x[: n * group].reshape(n, group, *x.shape[1:]), y[: n * group].reshape(n, group)
-    for start in range(0, n, chunk):
-        grads = grad_fn(weights, xs[start : start + chunk], ys[start : start + chunk])
-        yield dict(zip(names, grads, strict=True))
 
 
 def obs_statistic(weights: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:

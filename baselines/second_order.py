@@ -17,8 +17,8 @@ from reflow.baselines.fisher import (
     obs_statistic,
     obs_update_exact,
     obs_update_woodfisher,
-    per_sample_gradients,
 )
+from reflow.baselines.gradients import per_sample_gradients
 from reflow.baselines.registry import register
 from torch import nn
 

@@ -24,6 +24,11 @@ FAST = {
     "wf_s": {"num_grads": "16", "block_size": "64"},
     "wf_u": {"num_grads": "16", "block_size": "64"},
     "mp_u": {"num_grads": "16", "block_size": "64"},
+    "chita_s": {"num_grads": "16", "iterations": "5"},
+    "chita_u": {"num_grads": "16", "iterations": "5"},
+    "cbs_s": {"num_grads": "16", "iterations": "5"},
+    "cbs_u": {"num_grads": "16", "iterations": "5"},
+    "mfac": {"num_grads": "4", "grad_batch_size": "4", "steps": "2"},
 }
 
 

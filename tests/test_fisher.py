@@ -15,8 +15,8 @@ from reflow.baselines.fisher import (
     obs_statistic,
     obs_update_exact,
     obs_update_woodfisher,
-    per_sample_gradients,
 )
+from reflow.baselines.gradients import per_sample_gradients
 from torch import nn
 
 from reflow import baselines
@@ -142,7 +142,9 @@ def test_fisher_refuses_oversized_blocks() -> None:
         BlockFisher(layout, 10, 1e-5, memory_limit_gb=1.0)
 
 
-def test_per_sample_gradients_match_a_loop() -> None:
+@pytest.mark.parametrize(("group", "chunk"), [(1, 4), (2, 2), (2, 10)])
+def test_per_sample_gradients_match_a_loop(group: int, chunk: int) -> None:
+    """Both paths: vmap (one sample per gradient) and the backward loop (mini-batches)."""
     torch.manual_seed(0)
     model = (
         nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 3))
@@ -151,10 +153,13 @@ def test_per_sample_gradients_match_a_loop() -> None:
     )
     x, y = torch.randn(6, 5), torch.randint(3, (6,))
     params = {"0.weight": model[0].weight, "3.weight": model[3].weight}
-    grads = next(per_sample_gradients(model, params, x, y, F.cross_entropy, group=2, chunk=10))
-    for i in range(3):
+    chunks = list(per_sample_gradients(model, params, x, y, F.cross_entropy, group, chunk))
+    grads = {n: torch.cat([c[n] for c in chunks]) for n in params}
+    assert grads["0.weight"].shape[0] == 6 // group
+    for i in range(6 // group):
         model.zero_grad()
-        F.cross_entropy(model(x[2 * i : 2 * i + 2]), y[2 * i : 2 * i + 2]).backward()
+        rows = slice(group * i, group * (i + 1))
+        F.cross_entropy(model(x[rows]), y[rows]).backward()
         torch.testing.assert_close(grads["0.weight"][i], model[0].weight.grad)
         torch.testing.assert_close(grads["3.weight"][i], model[3].weight.grad)
 

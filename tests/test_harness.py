@@ -148,3 +148,22 @@ def test_grid_on_gpu(tmp_path) -> None:
     counts = run_grid(GRID, ResultStore(tmp_path), FAST, device="cuda", progress=False)
     assert counts["errors"] == 0
     assert ResultStore(tmp_path).read()["device"].str.contains("cpu").sum() == 0
+
+
+def test_dense_bn_reestimation_is_an_explicit_recorded_setting(tmp_path) -> None:
+    """CHITA's and M-FAC's scripts re-estimate the dense BN statistics on the train split
+    before pruning; here that is a setting (default off) that enters the row identity."""
+    from reflow.harness import load_setup
+
+    stored = load_setup("resnet20", "synthetic")
+    trained = load_setup("resnet20", "synthetic", dense_bn="train")
+    batches = -(-len(trained.data.train) // 128)
+    assert int(trained.model.bn1.num_batches_tracked) == batches
+    assert not torch.equal(trained.model.bn1.running_mean, stored.model.bn1.running_mean)
+    grid = Grid(("resnet20",), ("synthetic",), ("mp",), ("none",), (0.5,))
+    store = ResultStore(tmp_path)
+    run_grid(grid, store, FAST, progress=False)
+    run_grid(grid, store, Settings(**{**FAST.__dict__, "dense_bn": "train"}), progress=False)
+    frame = store.read().set_index("dense_bn")
+    assert set(frame.index) == {"checkpoint", "train"} and frame.config_hash.nunique() == 2
+    assert frame.loc["train", "loss"] != frame.loc["checkpoint", "loss"]

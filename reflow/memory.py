@@ -1,0 +1,53 @@
+"""A guard for large allocations: refuse, with the size and the option to lower, before an
+allocation that would not fit (instead of swapping the machine or dying in the OOM killer)."""
+
+from __future__ import annotations
+
+import torch
+
+from reflow.errors import ReflowError
+
+GiB = 2**30
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device`` (MemAvailable on Linux CPUs), or None when unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def require_memory(
+    nbytes: int,
+    what: str,
+    lower: str,
+    device: torch.device | str = "cpu",
+    limit_gb: float | None = None,
+    limit_option: str | None = None,
+) -> None:
+    """Raise a `ReflowError` when ``nbytes`` exceed the configured limit or the free memory.
+
+    ``what`` names the allocation with its shape; ``lower`` names the option(s) that shrink it.
+    """
+    device = torch.device(device)
+    need = nbytes / GiB
+    if limit_gb is not None and need > limit_gb:
+        raise ReflowError(
+            f"{what} needs {need:.1f} GiB, over the {limit_gb:g} GiB limit"
+            + (f" ({limit_option})" if limit_option else "")
+            + f"; lower {lower}"
+            + (f" or raise {limit_option}" if limit_option else "")
+        )
+    free = available_bytes(device)
+    if free is not None and nbytes > free:
+        raise ReflowError(
+            f"{what} needs {need:.1f} GiB but {device} has {free / GiB:.1f} GiB free; lower {lower}"
+        )
