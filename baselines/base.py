@@ -85,6 +85,8 @@ class PruneResult:
     #: A physically smaller model replacing the input (structured methods), else None. Its masks
     #: are still given in the input model's coordinates, for sparsity accounting.
     model: nn.Module | None = None
+    #: Per-layer facts for the ``layers`` table (e.g. reconstruction errors), by weight name.
+    layer_info: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Method(ABC):

@@ -61,21 +61,25 @@ class BasicBlock(nn.Module):
 
 class CifarResNet(nn.Module):
     def __init__(
-        self, blocks_per_stage: int, num_classes: int = 10, norm: NormLayer = nn.BatchNorm2d
+        self,
+        blocks_per_stage: int,
+        num_classes: int = 10,
+        norm: NormLayer = nn.BatchNorm2d,
+        width: int = 16,
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
-        self.bn1 = norm(16)
-        planes = 16
+        self.conv1 = nn.Conv2d(3, width, 3, stride=1, padding=1, bias=False)
+        self.bn1 = norm(width)
+        planes = width
         stages = []
-        for width, stride in ((16, 1), (32, 2), (64, 2)):
+        for stage_width, stride in ((width, 1), (2 * width, 2), (4 * width, 2)):
             blocks = []
             for i in range(blocks_per_stage):
-                blocks.append(BasicBlock(planes, width, stride if i == 0 else 1, norm))
-                planes = width
+                blocks.append(BasicBlock(planes, stage_width, stride if i == 0 else 1, norm))
+                planes = stage_width
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
-        self.linear = nn.Linear(64, num_classes)
+        self.linear = nn.Linear(planes, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Linear | nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight)
@@ -87,6 +91,9 @@ class CifarResNet(nn.Module):
         return self.linear(out)
 
 
-def cifar_resnet(depth: int, num_classes: int = 10, norm: str = "batch") -> CifarResNet:
-    """A CIFAR ResNet of the given depth (20, 32, 44, 56 or 110); ``norm`` is batch or layer."""
-    return CifarResNet(DEPTHS[depth], num_classes, NORMS[norm])
+def cifar_resnet(
+    depth: int, num_classes: int = 10, norm: str = "batch", width: int = 16
+) -> CifarResNet:
+    """A CIFAR ResNet of the given depth (20, 32, 44, 56 or 110); ``norm`` is batch or layer;
+    ``width`` is the first stage's (16 in the paper; narrower copies keep tests fast)."""
+    return CifarResNet(DEPTHS[depth], num_classes, NORMS[norm], width)

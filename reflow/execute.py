@@ -246,6 +246,7 @@ def _layer_rows(result: PruneResult) -> list[dict]:
             "layer_index": i,
             "params": int(result.masks[name].numel()),
             "density": density,
+            **result.layer_info.get(name, {}),
         }
         for i, (name, density) in enumerate(layer_densities(result.masks).items())
     ]
