@@ -53,6 +53,8 @@ class PruneContext:
     activation_sample: Callable[[int, int], list[Batch]] | None = None
     #: N:M pattern every score-based mask must follow, or None.
     pattern: Pattern | None = None
+    #: Shape of one input image (C, H, W), e.g. for tracing the network.
+    input_shape: tuple[int, ...] = (3, 32, 32)
     timer: PhaseTimer = field(default_factory=PhaseTimer)
 
     def prunable(self, model: nn.Module) -> dict[str, nn.Parameter]:

@@ -264,6 +264,68 @@ def _summarise(counts: dict[str, int], start: float, store: ResultStore) -> int:
     return 1 if counts["errors"] else 0
 
 
+def _add_prune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prune",
+        help="prune one model, repair it, save its weights with a JSON card",
+        description="Prune a zoo model in one shot, repair it and save the state dict (masks "
+        "applied; loadable with torch.load(weights_only=True)) and a card beside it: model, "
+        "checkpoint sha256, method and options, sparsity achieved, repair and calibration "
+        "samples, dense and pruned top-1, commit, torch version.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="zoo model; see `reflow list`")
+    p.add_argument("--dataset", required=True, help="its dataset (calibration and test split)")
+    p.add_argument("--checkpoint", default=None, help="zoo checkpoint, file path or 'none'")
+    p.add_argument("--method", default="mp")
+    p.add_argument("--sparsity", type=float, default=None, help="in [0, 1); implied by --pattern")
+    p.add_argument("--repair", default="reflow")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", type=Path, required=True, help="state dict path, e.g. pruned.pt")
+    p.add_argument("--save-masks", action="store_true", help="also write PATH.masks.pt")
+    p.add_argument("--no-eval", action="store_true", help="skip the dense and pruned top-1")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-root", type=Path, default=None)
+    _add_settings(p)
+    p.set_defaults(func=_cmd_prune)
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from reflow.prune_command import prune_and_save
+
+    settings = _settings(args)
+    sparsity = args.sparsity
+    if sparsity is None and settings.pattern:
+        sparsity = Pattern.parse(settings.pattern).sparsity
+    if sparsity is None:
+        raise ReflowError("--sparsity is required (or --pattern N:M, which implies it)")
+    card = prune_and_save(
+        args.model,
+        args.dataset,
+        args.checkpoint,
+        args.method,
+        sparsity,
+        args.repair,
+        settings,
+        args.seed,
+        args.save,
+        save_masks=args.save_masks,
+        evaluate=not args.no_eval,
+        device=args.device,
+        data_root=args.data_root,
+    )
+    top1 = (
+        f"; top-1 {card['dense_top1']:.2f} dense → {card['pruned_top1']:.2f}"
+        if "pruned_top1" in card
+        else ""
+    )
+    print(
+        f"{args.method}+{args.repair} at sparsity {card['sparsity_achieved']:.4f} of "
+        f"{card['prunable_params']:,} prunable weights{top1}; wrote " + ", ".join(card["written"])
+    )
+    return 0
+
+
 def _add_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", type=Path, help="results folder written by `reflow run`")
     p.add_argument("--model", default=None)
@@ -448,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(sub)
     _add_sweep(sub)
+    _add_prune(sub)
 
     p = sub.add_parser("table", help="Table 1 layout: sparsity rows × method columns, best in bold")
     _add_filters(p)

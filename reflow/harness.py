@@ -200,6 +200,7 @@ def prune_context(
             _sampler(setup, seed, "activations") if "activations" in needs else None
         ),
         pattern=settings.parsed_pattern,
+        input_shape=(3, setup.loaded.entry.input_size, setup.loaded.entry.input_size),
         timer=timer,
     )
 

@@ -349,6 +349,20 @@ def check_checkpoint(name: str, checkpoint: str | None, dataset: str) -> None:
         locate_checkpoint(ckpt, download=False)
 
 
+def checkpoint_digest(name: str, checkpoint: str | None, dataset: str) -> str | None:
+    """The sha256 of the weights a model is loaded with (None for random init)."""
+    entry = get_entry(name)
+    if checkpoint is None:
+        ckpt = entry.default_checkpoint(dataset)
+    elif checkpoint == "none":
+        return None
+    elif Path(checkpoint).is_file():
+        return sha256_of(Path(checkpoint))
+    else:
+        ckpt = entry.checkpoint(checkpoint)
+    return ckpt.sha256 if ckpt else None
+
+
 def checkpoint_label(name: str, checkpoint: str | None, dataset: str) -> str:
     """The ``checkpoint`` column value `get_model` will report, without loading anything."""
     if checkpoint is None:
