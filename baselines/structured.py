@@ -79,7 +79,7 @@ class _Structured(Method):
             )
         return None
 
-    def importance(self):  # noqa: ANN201 (a Torch-Pruning importance object)
+    def importance(self) -> object:  # a Torch-Pruning importance
         raise NotImplementedError
 
     def _trial(
@@ -147,7 +147,7 @@ class L1Channel(_Structured):
     name = "l1_channel"
     summary = "filter L1-norm channel pruning (Li et al. 2017), same share per layer; smaller net"
 
-    def importance(self):  # noqa: ANN201
+    def importance(self) -> object:
         import torch_pruning as tp
 
         return tp.importance.MagnitudeImportance(p=1, group_reduction="first", normalizer=None)
@@ -166,7 +166,7 @@ class BNScale(_Structured):
             return "bn_scale ranks channels by BatchNorm |γ|, and this model has no BatchNorm"
         return None
 
-    def importance(self):  # noqa: ANN201
+    def importance(self) -> object:
         import torch_pruning as tp
 
         return tp.importance.BNScaleImportance(normalizer=None)

@@ -32,6 +32,10 @@ class Registry(Generic[T]):
         self._items[name] = item
         return item
 
+    def remove(self, name: str) -> None:
+        """Unregister ``name`` (for plugins loaded and unloaded by tests)."""
+        self._items.pop(name, None)
+
     def get(self, name: str) -> T:
         if name not in self._items:
             raise unknown_name(self.kind, name, self._items)

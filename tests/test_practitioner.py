@@ -55,7 +55,7 @@ def test_prune_says_what_is_missing() -> None:
         reflow.prune(model, 0.5, method="wf_u", repair="none")
     with pytest.raises(ReflowError, match="needs calibration= batches"):
         reflow.prune(model, 0.5, method="mp", repair="reflow")
-    with pytest.raises(ReflowError, match="fixes the sparsity at 0.5"):
+    with pytest.raises(ReflowError, match=r"fixes the sparsity at 0\.5"):
         reflow.prune(model, 0.7, pattern="2:4", repair="none")
     with pytest.raises(ReflowError, match="BatchNorm"):
         reflow.prune(cifar_resnet(20, norm="layer", width=4), 0.5, calibration=_images())
