@@ -99,6 +99,10 @@ class Method(ABC):
     updates_weights: ClassVar[bool] = False
     #: Whether the mask comes from per-weight scores, so an N:M pattern can constrain it.
     supports_pattern: ClassVar[bool] = False
+    #: Methods of one family (a "-S" selection and its "-U" update, e.g. chita_s and chita_u)
+    #: run the same search: the harness runs it once, as the family's weight-updating member,
+    #: and gives the "-S" member that search's mask on the original weights.
+    selection_family: ClassVar[str | None] = None
     Config: ClassVar[type] = NoConfig
     summary: ClassVar[str] = ""
 
@@ -112,3 +116,7 @@ class Method(ABC):
     @abstractmethod
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> PruneResult:
         """Masks for ``sparsity``; only methods with ``updates_weights`` may change weights."""
+
+    def adopt_search(self, result: PruneResult) -> PruneResult:
+        """The facts of its family's shared search as this member reports them."""
+        return result

@@ -213,6 +213,7 @@ def obs_update_through_g(
 
 class _Cbs(Method):
     needs = frozenset({"train_data", "gradients"})
+    selection_family = "cbs"
     Config = CbsConfig
 
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> PruneResult:

@@ -290,6 +290,7 @@ def chita_stage(
 
 class _Chita(Method):
     needs = frozenset({"train_data", "gradients"})
+    selection_family = "chita"
     Config = ChitaConfig
 
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> PruneResult:

@@ -315,8 +315,8 @@ class LayerwiseMethod(Method):
             masks[name] = keep.reshape(module.weight.shape)
             if not self.diagonal_only:
                 h = lh.hessian.double()
-                final = new if self.updates_weights else rows * keep  # "-S": mask on originals
-                facts["recon_error"] = reconstruction_error(rows - final, h)
+                facts["recon_error_updated"] = reconstruction_error(rows - new, h)
+                facts["recon_error_masked"] = reconstruction_error(rows - rows * keep, h)
                 facts["recon_error_magnitude"] = magnitude_error(rows, h, count)
             layer_info[name] = facts
             return facts
@@ -340,16 +340,22 @@ class LayerwiseMethod(Method):
                 for name, p in params.items():
                     p.copy_(original[name])
         info: dict[str, float] = {"activation_samples": cfg.samples}
-        if not self.diagonal_only:
-            info["recon_error"] = sum(f["recon_error"] for f in layer_info.values())
-            info["recon_error_magnitude"] = sum(
-                f["recon_error_magnitude"] for f in layer_info.values()
-            )
-            info["layers_worse_than_magnitude"] = sum(
-                f["recon_error"] > f["recon_error_magnitude"] * (1 + 1e-9)
-                for f in layer_info.values()
-            )
-        return PruneResult(masks, info, layer_info=layer_info)
+        return self.adopt_search(PruneResult(masks, info, layer_info=layer_info))
+
+    def adopt_search(self, result: PruneResult) -> PruneResult:
+        """Report the reconstruction error of this member's own weights: the updated rows, or
+        (a "-S" member) the original rows under the mask."""
+        if self.diagonal_only:
+            return result
+        own = "recon_error_updated" if self.updates_weights else "recon_error_masked"
+        layers = {n: {**f, "recon_error": f[own]} for n, f in result.layer_info.items()}
+        info = dict(result.info)
+        info["recon_error"] = sum(f["recon_error"] for f in layers.values())
+        info["recon_error_magnitude"] = sum(f["recon_error_magnitude"] for f in layers.values())
+        info["layers_worse_than_magnitude"] = sum(
+            f["recon_error"] > f["recon_error_magnitude"] * (1 + 1e-9) for f in layers.values()
+        )
+        return PruneResult(result.masks, info, result.model, layers)
 
 
 def split_count(count: int, parts: int) -> torch.Tensor:

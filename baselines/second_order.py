@@ -156,12 +156,14 @@ class OptimalBrainDamage(_FisherMethod):
 
 @register
 class WoodFisherSelection(_FisherMethod):
+    selection_family = "woodfisher"
     name = "wf_s"
     summary = "WoodFisher selection: w_q² / (2 [F⁻¹]_qq) per block, global threshold; no update"
 
 
 @register
 class WoodFisherUpdate(_FisherMethod):
+    selection_family = "woodfisher"
     name = "wf_u"
     summary = "WoodFisher selection + OBS update of surviving weights (exact multi-weight default)"
     updates_weights = True

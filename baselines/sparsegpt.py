@@ -76,6 +76,7 @@ def sparsegpt_rows(
 
 
 class _SparseGPT(LayerwiseMethod):
+    selection_family = "sparsegpt"
     Config = DampedConfig
 
     def solve_layer(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,8 @@ class Setup:
     data: ImageData
     device: torch.device
     dense_evaluations: dict[tuple[int, int], Evaluation] = field(default_factory=dict)
+    #: Recent family searches (see `shared_search`), most recent last.
+    searches: OrderedDict[tuple, Search] = field(default_factory=OrderedDict)
 
     @property
     def model(self) -> nn.Module:
@@ -205,6 +208,78 @@ def prune_context(
     )
 
 
+@dataclass
+class Search:
+    """A family's search result: masks, the searcher's weights after it, facts, phase seconds."""
+
+    masks: dict
+    weights: dict
+    info: dict
+    seconds: dict[str, float]
+    layer_info: dict = field(default_factory=dict)
+
+
+#: Family searches kept per set-up (each holds masks and the updated prunable weights).
+SEARCHES_KEPT = 16
+
+
+def family_searcher(method: baselines.Method) -> baselines.Method | None:
+    """The member of ``method``'s family that runs the search (the one that updates weights),
+    configured like ``method``; None when the method has no family."""
+    family = method.selection_family
+    if family is None:
+        return None
+    for name in baselines.list_methods():
+        cls = baselines.get_method_class(name)
+        if cls.selection_family == family and cls.updates_weights:
+            if cls.Config is not type(method.config):
+                return None
+            return cls(method.config)
+    return None
+
+
+def shared_search(
+    setup: Setup,
+    method: baselines.Method,
+    sparsity: float,
+    seed: int,
+    settings: Settings,
+) -> Search | None:
+    """The family search for this row, run once and kept for the other member."""
+    searcher = family_searcher(method)
+    if searcher is None:
+        return None
+    key = (
+        method.selection_family,
+        repr(searcher.config),
+        float(sparsity),
+        int(seed),
+        settings.scope,
+        settings.pattern,
+    )
+    if key in setup.searches:
+        setup.searches.move_to_end(key)
+        return setup.searches[key]
+    work = copy.deepcopy(setup.model)
+    timer = PhaseTimer(setup.device)
+    torch.manual_seed(seed)
+    ctx = prune_context(setup, searcher, seed, settings, timer)
+    with timer.phase("select"):
+        result = searcher.prune(work, sparsity, ctx)
+    params = prunable_parameters(work, settings.scope)
+    search = Search(
+        result.masks,
+        {n: p.detach().clone() for n, p in params.items()},
+        result.info,
+        dict(timer.seconds),
+        result.layer_info,
+    )
+    setup.searches[key] = search
+    while len(setup.searches) > SEARCHES_KEPT:
+        setup.searches.popitem(last=False)
+    return search
+
+
 def select_phase(
     setup: Setup,
     method: baselines.Method,
@@ -213,12 +288,32 @@ def select_phase(
     settings: Settings,
     timer: PhaseTimer,
 ) -> tuple[nn.Module, PruneResult]:
-    """Phases ``select`` and ``apply``: a pruned copy of the dense model and its masks."""
+    """Phases ``select`` and ``apply``: a pruned copy of the dense model and its masks.
+
+    Members of a selection family share one search; the row then carries the search's measured
+    phase times (without the update for a selection-only member) and ``selection_shared``.
+    """
     pruned = copy.deepcopy(setup.model)
-    torch.manual_seed(seed)
-    ctx = prune_context(setup, method, seed, settings, timer)
-    with timer.phase("select"):
-        result = method.prune(pruned, sparsity, ctx)
+    search = shared_search(setup, method, sparsity, seed, settings)
+    if search is not None:
+        seconds = dict(search.seconds)
+        if not method.updates_weights:
+            seconds["select"] -= seconds.pop("update", 0.0)
+        timer.seconds.update(seconds)
+        if method.updates_weights:
+            params = prunable_parameters(pruned, settings.scope)
+            with torch.no_grad():
+                for name, value in search.weights.items():
+                    params[name].copy_(value)
+        result = method.adopt_search(
+            PruneResult(dict(search.masks), dict(search.info), layer_info=search.layer_info)
+        )
+        result.info["selection_shared"] = 1
+    else:
+        torch.manual_seed(seed)
+        ctx = prune_context(setup, method, seed, settings, timer)
+        with timer.phase("select"):
+            result = method.prune(pruned, sparsity, ctx)
     if result.model is not None:  # a structured method built a smaller network
         pruned = result.model.to(setup.device, memory_format=torch.channels_last).eval()
     else:

@@ -237,4 +237,20 @@ def plan(experiments: list[Experiment], finished: set[tuple]) -> Plan:
                             experiment.name,
                         )
                     )
+    result.tasks = family_order(result.tasks)
     return result
+
+
+def family_order(tasks: list[Task]) -> list[Task]:
+    """Tasks with the members of a selection family (chita_s and chita_u, …) side by side for
+    each sparsity and seed, so the harness runs their shared search once; otherwise the order
+    of the experiments is kept."""
+    first: dict[tuple, int] = {}
+
+    def group(task: Task) -> tuple:
+        family = baselines.get_method_class(task.method).selection_family or task.method
+        return (task.experiment, task.setup, repr(task.settings), family)
+
+    for i, task in enumerate(tasks):
+        first.setdefault(group(task), i)
+    return sorted(tasks, key=lambda t: (first[group(t)], t.sparsity, t.seed, t.method))

@@ -167,3 +167,46 @@ def test_dense_bn_reestimation_is_an_explicit_recorded_setting(tmp_path) -> None
     frame = store.read().set_index("dense_bn")
     assert set(frame.index) == {"checkpoint", "train"} and frame.config_hash.nunique() == 2
     assert frame.loc["train", "loss"] != frame.loc["checkpoint", "loss"]
+
+
+@pytest.mark.parametrize(
+    ("pair", "options"),
+    [
+        (("wf_s", "wf_u"), {"num_grads": "16", "block_size": "64"}),
+        (("chita_s", "chita_u"), {"num_grads": "16", "iterations": "5"}),
+        (("cbs_s", "cbs_u"), {"num_grads": "16", "iterations": "5"}),
+        (("sparsegpt_s", "sparsegpt"), {"samples": "32", "batch_size": "16"}),
+    ],
+)
+def test_a_family_shares_one_search_with_the_same_result(pair, options) -> None:
+    """The "-S" member's mask from the shared search equals the one it computes on its own, and
+    the "-U" member's weights equal its own run's; the search runs once for both."""
+    import copy
+
+    from reflow import baselines
+    from reflow.harness import load_setup, prune_context, select_phase
+    from reflow.timing import PhaseTimer
+
+    setup = load_setup("resnet20", "synthetic")
+    settings = Settings(options={m: options for m in pair})
+    selection, update = (baselines.get_method(m, options) for m in pair)
+    rows = {}
+    for method in (selection, update):
+        timer = PhaseTimer()
+        rows[method.name] = select_phase(setup, method, 0.7, 0, settings, timer)
+        assert rows[method.name][1].info["selection_shared"] == 1
+        assert timer.seconds["select"] > 0
+    assert len(setup.searches) == 1
+    for method in (selection, update):
+        alone = copy.deepcopy(setup.model)
+        ctx = prune_context(setup, method, 0, settings, PhaseTimer())
+        torch.manual_seed(0)
+        result = method.prune(alone, 0.7, ctx)
+        shared_model, shared = rows[method.name]
+        for name, mask in result.masks.items():
+            assert torch.equal(mask, shared.masks[name]), (method.name, name)
+        alone_weights = dict(alone.named_parameters())
+        for name, p in shared_model.named_parameters():
+            if name in result.masks:
+                expected = alone_weights[name] * result.masks[name]
+                torch.testing.assert_close(p, expected, msg=f"{method.name} {name}")

@@ -125,3 +125,18 @@ def test_pattern_fixes_the_sparsity_and_needs_a_score_based_method(tmp_path, no_
                 )
             ]
         )
+
+
+def test_family_members_are_planned_side_by_side() -> None:
+    grid = dataclasses.replace(
+        GRID, methods=("chita_s", "mp", "chita_u"), repairs=("none",), sparsities=(0.5, 0.8)
+    )
+    order = [(t.method, t.sparsity) for t in plan([Experiment("x", grid, (FAST,))], set()).tasks]
+    assert order == [
+        ("chita_s", 0.5),
+        ("chita_u", 0.5),
+        ("chita_s", 0.8),
+        ("chita_u", 0.8),
+        ("mp", 0.5),
+        ("mp", 0.8),
+    ]
