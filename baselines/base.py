@@ -103,6 +103,9 @@ class Method(ABC):
     #: run the same search: the harness runs it once, as the family's weight-updating member,
     #: and gives the "-S" member that search's mask on the original weights.
     selection_family: ClassVar[str | None] = None
+    #: Whether it removes whole channels (a smaller network): the sparsity is then met only to
+    #: within a channel's worth of weights.
+    structured: ClassVar[bool] = False
     Config: ClassVar[type] = NoConfig
     summary: ClassVar[str] = ""
 

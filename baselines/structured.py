@@ -68,6 +68,7 @@ def ignored_layers(model: nn.Module, scope_params: dict[str, nn.Parameter]) -> l
 
 class _Structured(Method):
     updates_weights = True
+    structured = True
     Config = StructuredConfig
     global_ranking: bool = False
 

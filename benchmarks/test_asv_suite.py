@@ -6,8 +6,8 @@ from __future__ import annotations
 import inspect
 
 import pytest
-from asv_suite import bench_accuracy, bench_phases, bench_synthetic
-from reflow.baselines import list_methods
+from asv_suite import bench_methods, bench_phases, bench_synthetic
+from reflow.baselines import get_method_class, list_methods
 
 from reflow.repairs import list_repairs
 
@@ -33,7 +33,6 @@ CHEAPEST_PARAMS = {
     bench_phases.SelectPhase: ("mp",),
     bench_phases.RepairPhase: ("reflow",),
     bench_phases.EvaluatePhase: (0,),
-    bench_accuracy.Accuracy: ("mp", "none", 0.8),
     bench_synthetic.SyntheticSelect: ("mobilenet_v2", "mp"),
     bench_synthetic.SyntheticRepair: ("mobilenet_v2",),
 }
@@ -42,17 +41,37 @@ CHEAPEST_PARAMS = {
 def test_every_benchmark_class_is_checked() -> None:
     classes = {
         cls
-        for module in (bench_accuracy, bench_phases, bench_synthetic)
+        for module in (bench_methods, bench_phases, bench_synthetic)
         for _, cls in inspect.getmembers(module, inspect.isclass)
         if cls.__module__ == module.__name__
     }
-    assert classes == set(CHEAPEST_PARAMS)
+    assert classes == {*CHEAPEST_PARAMS, bench_methods.Methods}
 
 
 def test_methods_and_repairs_come_from_the_registries() -> None:
-    assert bench_phases.SelectPhase.params[0] == list_methods()
-    assert bench_accuracy.Accuracy.params[0] == list_methods()
+    assert bench_methods.Methods.params[0] == list_methods()
+    assert bench_phases.SelectPhase.params[0] == [
+        m for m in list_methods() if not get_method_class(m).needs
+    ]
     assert bench_phases.RepairPhase.params[0] == [r for r in list_repairs() if r != "none"]
+
+
+def test_method_tracks_read_the_shared_measurements() -> None:
+    bench = bench_methods.Methods()
+    measured = {
+        "mp": {
+            "select": 0.5,
+            "update": 0.0,
+            "memory": 12.0,
+            "error_none": 70.2,
+            "error_reflow": 29.8,
+        }
+    }
+    assert bench.track_select_seconds(measured, "mp") == 0.5
+    assert bench.track_select_memory_mb(measured, "mp") == 12.0
+    assert bench.track_top1_error(measured, "mp") == 70.2
+    assert bench.track_top1_error_reflow(measured, "mp") == 29.8
+    assert bench_methods.Methods.setup_cache.timeout >= 1800
 
 
 @pytest.mark.slow

@@ -176,6 +176,12 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--eval-batch-size", type=int, default=500)
     p.add_argument(
+        "--eval-samples",
+        type=int,
+        default=0,
+        help="evaluate the first N test images of the fixed class-mixed order (0: all)",
+    )
+    p.add_argument(
         "--probe-samples",
         type=int,
         default=2000,
@@ -211,6 +217,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         calib_batch_size=args.calib_batch_size,
         recalibrate_layers=args.recalibrate_layers,
         eval_batch_size=args.eval_batch_size,
+        eval_samples=args.eval_samples,
         probe_samples=args.probe_samples,
         dense_bn=args.dense_bn,
         pattern=args.pattern,

@@ -195,6 +195,7 @@ def _result_row(
         "calib_samples": calib_samples,
         "grad_samples": int(info.pop("grad_samples", 0)),
         "activation_samples": int(info.pop("activation_samples", 0)),
+        "select_mem_mb": info.pop("select_mem_mb", None),
         "eval_samples": ev.samples,
         "peak_mem_mb": peak_memory_mb(setup.device),
         "error": None,

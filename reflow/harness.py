@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from reflow.masks import (
     hamming_distance,
     prunable_parameters,
 )
+from reflow.memory import PeakRss
 from reflow.recalibrate import recalibrate_bn
 from reflow.repairs import Repair, RepairContext, get_repair, list_repairs
 from reflow.results import ResultStore
@@ -116,7 +117,7 @@ class Setup:
     loaded: LoadedModel
     data: ImageData
     device: torch.device
-    dense_evaluations: dict[tuple[int, int], Evaluation] = field(default_factory=dict)
+    dense_evaluations: dict[tuple[int, ...], Evaluation] = field(default_factory=dict)
     #: Recent family searches (see `shared_search`), most recent last.
     searches: OrderedDict[tuple, Search] = field(default_factory=OrderedDict)
 
@@ -161,7 +162,7 @@ def reestimate_dense_bn(setup: Setup, batch_size: int = 128) -> int:
 
 def dense_evaluation(setup: Setup, settings: Settings, progress: bool = False) -> Evaluation:
     """The dense model's evaluation under ``settings`` (computed once per setup)."""
-    key = (settings.eval_batch_size, settings.probe_samples)
+    key = (settings.eval_batch_size, settings.probe_samples, settings.eval_samples)
     if key not in setup.dense_evaluations:
         setup.dense_evaluations[key] = evaluate_phase(setup, setup.model, settings, progress)
     return setup.dense_evaluations[key]
@@ -170,15 +171,29 @@ def dense_evaluation(setup: Setup, settings: Settings, progress: bool = False) -
 def evaluate_phase(
     setup: Setup, model: nn.Module, settings: Settings, progress: bool = False
 ) -> Evaluation:
-    """Phase ``evaluate``: full test split, probes on the first ``probe_samples`` inputs."""
+    """Phase ``evaluate``: the test split (or its first ``eval_samples`` images of the fixed
+    class-mixed order), probes on the first ``probe_samples`` inputs."""
+    batches = setup.data.test_batches(settings.eval_batch_size)
+    if settings.eval_samples:
+        batches = first_samples(batches, settings.eval_samples)
     return evaluate(
         model,
-        setup.data.test_batches(settings.eval_batch_size),
+        batches,
         setup.data.num_classes,
         setup.device,
         settings.probe_samples,
         progress,
     )
+
+
+def first_samples(batches: Iterable[Batch], count: int) -> Iterator[Batch]:
+    """The first ``count`` samples of ``batches`` (the last batch cut to fit)."""
+    left = count
+    for x, y in batches:
+        if left <= 0:
+            return
+        yield x[:left], y[:left]
+        left -= len(x)
 
 
 def _sampler(setup: Setup, seed: int, stream: str) -> Callable[[int, int], list[Batch]]:
@@ -217,10 +232,36 @@ class Search:
     info: dict
     seconds: dict[str, float]
     layer_info: dict = field(default_factory=dict)
+    memory_mb: float = 0.0
 
 
 #: Family searches kept per set-up (each holds masks and the updated prunable weights).
 SEARCHES_KEPT = 16
+
+
+class SelectionMemory:
+    """Memory a selection adds: resident memory on a CPU (sampled), allocated memory on a GPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.rss = PeakRss()
+        self.added_mb = 0.0
+
+    def __enter__(self) -> SelectionMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+        else:
+            self.rss.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device)
+            self.added_mb = (peak - self.start) / 2**20
+        else:
+            self.rss.__exit__(*exc)
+            self.added_mb = self.rss.added_mb
 
 
 def family_searcher(method: baselines.Method) -> baselines.Method | None:
@@ -264,7 +305,7 @@ def shared_search(
     timer = PhaseTimer(setup.device)
     torch.manual_seed(seed)
     ctx = prune_context(setup, searcher, seed, settings, timer)
-    with timer.phase("select"):
+    with timer.phase("select"), SelectionMemory(setup.device) as memory:
         result = searcher.prune(work, sparsity, ctx)
     params = prunable_parameters(work, settings.scope)
     search = Search(
@@ -273,6 +314,7 @@ def shared_search(
         result.info,
         dict(timer.seconds),
         result.layer_info,
+        memory.added_mb,
     )
     setup.searches[key] = search
     while len(setup.searches) > SEARCHES_KEPT:
@@ -309,11 +351,13 @@ def select_phase(
             PruneResult(dict(search.masks), dict(search.info), layer_info=search.layer_info)
         )
         result.info["selection_shared"] = 1
+        result.info["select_mem_mb"] = search.memory_mb
     else:
         torch.manual_seed(seed)
         ctx = prune_context(setup, method, seed, settings, timer)
-        with timer.phase("select"):
+        with timer.phase("select"), SelectionMemory(setup.device) as memory:
             result = method.prune(pruned, sparsity, ctx)
+        result.info["select_mem_mb"] = memory.added_mb
     if result.model is not None:  # a structured method built a smaller network
         pruned = result.model.to(setup.device, memory_format=torch.channels_last).eval()
     else:

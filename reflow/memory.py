@@ -3,6 +3,9 @@ allocation that would not fit (instead of swapping the machine or dying in the O
 
 from __future__ import annotations
 
+import os
+import threading
+
 import torch
 
 from reflow.errors import ReflowError
@@ -51,3 +54,43 @@ def require_memory(
         raise ReflowError(
             f"{what} needs {need:.1f} GiB but {device} has {free / GiB:.1f} GiB free; lower {lower}"
         )
+
+
+def resident_bytes() -> int:
+    """This process's resident set size now (Linux), or 0 when unknown."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class PeakRss:
+    """The peak resident memory a block of code adds, sampled every ``interval`` seconds by a
+    thread (``ru_maxrss`` only ever grows, so it cannot say what one of several steps needed)."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.baseline = self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, resident_bytes())
+
+    def __enter__(self) -> PeakRss:
+        self.baseline = self.peak = resident_bytes()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, resident_bytes())
+
+    @property
+    def added_mb(self) -> float:
+        return (self.peak - self.baseline) / 2**20

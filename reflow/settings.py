@@ -26,6 +26,8 @@ class Settings:
     calib_batch_size: int = 128
     recalibrate_layers: str = "all"
     eval_batch_size: int = 500
+    #: Test images evaluated: the first N of the fixed class-mixed order (0: the whole split).
+    eval_samples: int = 0
     probe_samples: int = 2000
     dense_bn: str = "checkpoint"
     #: N:M pattern (e.g. "2:4") every score-based mask follows; "" for none.
@@ -39,6 +41,8 @@ class Settings:
                 raise ReflowError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.probe_samples < 0:
             raise ReflowError(f"probe_samples must be >= 0, got {self.probe_samples}")
+        if self.eval_samples < 0:
+            raise ReflowError(f"eval_samples must be >= 0 (0: all), got {self.eval_samples}")
         if self.scope not in SCOPES:
             raise unknown_name("scope", self.scope, SCOPES)
         if self.dense_bn not in DENSE_BN:

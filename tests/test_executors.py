@@ -34,6 +34,7 @@ VOLATILE = {
     "threads",
     "peak_mem_mb",
     "device",
+    "select_mem_mb",
     "git_commit",
     "experiment",
 }

@@ -1,26 +1,22 @@
-"""Timing and memory of every harness phase, for every registered method and repair.
-
-Parameterised from the registries, so a new adapter is benchmarked without editing this file.
-``peakmem_*`` includes the ~0.6 GB of importing torch; ``track_*_step_mb`` is the growth of peak
-RSS during the step alone.
-"""
+"""Timed phases (asv's statistics over repeats) where one run is seconds or less: selection of
+the methods that need no data, every repair against the bare forward passes it needs, and the
+evaluation with and without the variance probe. Parameterised from the registries."""
 
 from __future__ import annotations
 
 import copy
 
-from .common import method_names, peak_rss_mb, real_setup, repair_names, settings
+from .common import data_free_methods, real_setup, repair_names, settings
 
 SPARSITY = 0.7
 
 
 class SelectPhase:
-    """``select`` (collect, inverse, solve, update) on resnet20 + cifar10-jpeg."""
+    """``select`` of the data-free methods on resnet20 + cifar10-jpeg."""
 
-    params = (method_names(),)
+    params = (data_free_methods(),)
     param_names = ["method"]
-    number, repeat, rounds, warmup_time = 1, 1, 1, 0
-    timeout = 900
+    number, repeat, rounds, warmup_time = 1, 3, 1, 0
 
     def setup(self, method: str) -> None:
         from reflow import baselines
@@ -30,37 +26,18 @@ class SelectPhase:
         self.method = baselines.get_method(method)
         self.phase_timer = PhaseTimer()  # not `timer`: asv takes that attribute as its clock
 
-    def _select(self) -> None:
+    def time_select(self, method: str) -> None:
         from reflow.harness import select_phase
 
         select_phase(self.env, self.method, SPARSITY, 0, settings(), self.phase_timer)
 
-    def time_select(self, method: str) -> None:
-        self._select()
-
-    def peakmem_select(self, method: str) -> None:
-        self._select()
-
-    def track_select_step_mb(self, method: str) -> float:
-        before = peak_rss_mb()
-        self._select()
-        return peak_rss_mb() - before
-
-    track_select_step_mb.unit = "MB"
-
-    def track_update_seconds(self, method: str) -> float:
-        self._select()
-        return self.phase_timer.seconds.get("update", 0.0)
-
-    track_update_seconds.unit = "seconds"
-
 
 class RepairPhase:
-    """``repair`` on an mp-pruned resnet20, and the bare forward passes it needs, in one process."""
+    """Every repair on an mp-pruned resnet20 over the paper's 50 × 128 calibration images."""
 
     params = (repair_names(),)
     param_names = ["repair"]
-    number, repeat, rounds, warmup_time = 1, 3, 1, 0
+    number, repeat, rounds, warmup_time = 1, 2, 1, 0
     timeout = 600
 
     def setup(self, repair: str) -> None:
@@ -83,13 +60,6 @@ class RepairPhase:
 
     def time_repair(self, repair: str) -> None:
         self._repair(repair, copy.deepcopy(self.pruned))
-
-    def time_bare_forward(self, repair: str) -> None:
-        import torch
-
-        with torch.no_grad():
-            for x, _ in self.batches:
-                self.pruned(x)
 
     def track_repair_over_forward_ratio(self, repair: str) -> float:
         """Repair time / bare eval-mode forward time over the same images, measured together."""
@@ -115,7 +85,7 @@ class EvaluatePhase:
 
     params = ([0, 2000, 10000],)
     param_names = ["probe_samples"]
-    number, repeat, rounds, warmup_time = 1, 2, 1, 0
+    number, repeat, rounds, warmup_time = 1, 1, 1, 0
 
     def setup(self, probe_samples: int) -> None:
         self.env = real_setup()

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import copy
 
-from .common import SYNTHETIC_MODELS, data_free_methods, peak_rss_mb, settings
+from .common import SYNTHETIC_MODELS, data_free_methods, settings
 
 
 class SyntheticSelect:
     params = (list(SYNTHETIC_MODELS), data_free_methods())
     param_names = ["model", "method"]
-    number, repeat, rounds, warmup_time = 1, 2, 1, 0
+    number, repeat, rounds, warmup_time = 1, 1, 1, 0
     timeout = 600
 
     def setup(self, model: str, method: str) -> None:
@@ -29,13 +29,6 @@ class SyntheticSelect:
 
     def time_select(self, model: str, method: str) -> None:
         self._select()
-
-    def track_select_step_mb(self, model: str, method: str) -> float:
-        before = peak_rss_mb()
-        self._select()
-        return peak_rss_mb() - before
-
-    track_select_step_mb.unit = "MB"
 
 
 class SyntheticRepair:
