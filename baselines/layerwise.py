@@ -29,7 +29,7 @@ from torch import nn
 
 from reflow.data import Batch
 from reflow.errors import ReflowError
-from reflow.masks import global_masks
+from reflow.masks import Pattern, global_masks, pattern_fits
 from reflow.memory import require_memory
 from reflow.timing import PhaseTimer
 
@@ -129,6 +129,16 @@ class LayerHessian:
 
     def free(self) -> None:
         self.hessian = None
+
+
+def input_major_columns(module: nn.Module) -> torch.Tensor:
+    """Column order with the input channel fastest at each kernel position (OBC's columnslast),
+    so that N:M groups of consecutive columns run along input channels as cuSPARSELt expects."""
+    d = weight_rows(module).shape[-1]
+    if not isinstance(module, nn.Conv2d):
+        return torch.arange(d)
+    kh, kw = module.kernel_size
+    return torch.arange(d).reshape(d // (kh * kw), kh, kw).permute(1, 2, 0).flatten()
 
 
 def prunable_modules(model: nn.Module, params: dict[str, nn.Parameter]) -> dict[str, nn.Module]:
@@ -282,14 +292,21 @@ class LayerwiseMethod(Method):
     those of the layer's magnitude mask at the same count."""
 
     needs = frozenset({"activations"})
+    supports_pattern = True
     #: Whether only diag(H) is needed (Wanda).
     diagonal_only: ClassVar[bool] = False
 
     @abstractmethod
     def solve_layer(
-        self, hessian: torch.Tensor, rows: torch.Tensor, prune_count: int
+        self,
+        hessian: torch.Tensor,
+        rows: torch.Tensor,
+        prune_count: int,
+        pattern: Pattern | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-        """(new rows, keep mask, facts) for rows (groups, R, d) pruning ``prune_count``."""
+        """(new rows, keep mask, facts) for rows (groups, R, d) pruning ``prune_count``; with a
+        ``pattern``, N of every M consecutive columns are kept (columns already ordered input
+        channel fastest)."""
 
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> PruneResult:
         cfg = self.config
@@ -308,9 +325,25 @@ class LayerwiseMethod(Method):
 
         def solver(name: str, module: nn.Module, lh: LayerHessian, target: float) -> dict:
             rows = weight_rows(module).double()
+            pattern = (
+                ctx.pattern if ctx.pattern and pattern_fits(module.weight, ctx.pattern) else None
+            )
             count = round(target * rows.numel())
+            if ctx.pattern is not None:  # a layer the pattern does not fit stays dense
+                count = rows.numel() - rows.numel() * pattern.n // pattern.m if pattern else 0
             with ctx.timer.phase("solve"):
-                new, keep, facts = self.solve_layer(lh.hessian, rows, count)
+                if pattern is None:
+                    new, keep, facts = self.solve_layer(lh.hessian, rows, count)
+                else:
+                    order = input_major_columns(module)
+                    back = order.argsort()
+                    hess = (
+                        lh.hessian[..., order]
+                        if self.diagonal_only
+                        else (lh.hessian[..., order, :][..., :, order])
+                    )
+                    new, keep, facts = self.solve_layer(hess, rows[..., order], count, pattern)
+                    new, keep = new[..., back], keep[..., back]
             set_weight_rows(module, new)
             masks[name] = keep.reshape(module.weight.shape)
             if not self.diagonal_only:

@@ -22,6 +22,8 @@ from reflow.baselines.base import option
 from reflow.baselines.layerwise import DampedConfig, LayerwiseMethod
 from reflow.baselines.registry import register
 
+from reflow.masks import Pattern
+
 
 def prepare(
     hessian: torch.Tensor, rows: torch.Tensor, damp: float
@@ -44,16 +46,22 @@ def prepare(
 
 
 def greedy_removal(
-    rows: torch.Tensor, inverse: torch.Tensor, parallel: int = 32
+    rows: torch.Tensor,
+    inverse: torch.Tensor,
+    parallel: int = 32,
+    pattern: Pattern | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every row's removal order and per-step losses ½w_j²/[H⁻¹]_jj, removing all columns.
+    """Every row's removal order and per-step losses ½w_j²/[H⁻¹]_jj, removing all columns (or,
+    with an N:M ``pattern``, M − N of every M consecutive columns: a full group's weights are no
+    longer candidates, as the reference's nmprune).
 
     ``rows``: (R, d); ``inverse``: (R, d, d), one H⁻¹ per row (its group's). Returns (order,
-    losses), both (R, d).
+    losses), both (R, steps).
     """
     r_total, d = rows.shape
-    order = torch.empty(r_total, d, dtype=torch.long, device=rows.device)
-    losses = torch.empty(r_total, d, dtype=rows.dtype, device=rows.device)
+    total_steps = d if pattern is None else d // pattern.m * (pattern.m - pattern.n)
+    order = torch.empty(r_total, total_steps, dtype=torch.long, device=rows.device)
+    losses = torch.empty(r_total, total_steps, dtype=rows.dtype, device=rows.device)
     for start in range(0, r_total, parallel):
         stop = min(r_total, start + parallel)
         w = rows[start:stop].clone()
@@ -61,9 +69,16 @@ def greedy_removal(
         count = stop - start
         idx = torch.arange(count, device=rows.device)
         removed = torch.zeros_like(w, dtype=torch.bool)
-        for step in range(d):
+        for step in range(total_steps):
             diag = hinv.diagonal(dim1=-2, dim2=-1)
             scores = (w.square() / diag).masked_fill(removed, torch.inf)
+            if pattern is not None:
+                full = removed.view(count, -1, pattern.m).sum(-1, keepdim=True) >= (
+                    pattern.m - pattern.n
+                )
+                scores = scores.masked_fill(
+                    full.expand(-1, -1, pattern.m).reshape(count, d), torch.inf
+                )
             j = scores.argmin(1)
             order[start:stop, step] = j
             losses[start:stop, step] = scores[idx, j] / 2
@@ -72,7 +87,7 @@ def greedy_removal(
             w -= row * (w[idx, j] / dj).unsqueeze(1)
             removed[idx, j] = True
             w[removed] = 0
-            if step == d - 1:
+            if step == total_steps - 1:
                 break
             row = row / dj.sqrt().unsqueeze(1)
             hinv -= row.unsqueeze(2) * row.unsqueeze(1)
@@ -118,7 +133,11 @@ class ExactOBS(LayerwiseMethod):
     Config = ObcConfig
 
     def solve_layer(
-        self, hessian: torch.Tensor, rows: torch.Tensor, prune_count: int
+        self,
+        hessian: torch.Tensor,
+        rows: torch.Tensor,
+        prune_count: int,
+        pattern: Pattern | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         groups, per_group, d = rows.shape
         h, rows, inverse, fell_back = prepare(hessian, rows, self.config.damp)
@@ -126,10 +145,13 @@ class ExactOBS(LayerwiseMethod):
         flat = rows.reshape(-1, d)
         # the greedy pass in float32, as the reference (its H.float()); the final rows in float64
         order, losses = greedy_removal(
-            flat.float(), inverse.float()[group_of_row], self.config.parallel
+            flat.float(), inverse.float()[group_of_row], self.config.parallel, pattern
         )
-        per_row = allocate(losses, prune_count)
-        steps = torch.arange(d, device=rows.device).unsqueeze(0)
+        if pattern is None:
+            per_row = allocate(losses, prune_count)
+        else:  # every row removes M − N of each group: no allocation across rows
+            per_row = torch.full((flat.shape[0],), order.shape[1], device=rows.device)
+        steps = torch.arange(order.shape[1], device=rows.device).unsqueeze(0)
         removed = torch.zeros_like(flat, dtype=torch.bool)
         removed.scatter_(1, order, steps < per_row.unsqueeze(1))
         keep = ~removed
@@ -137,7 +159,7 @@ class ExactOBS(LayerwiseMethod):
         for start in range(0, flat.shape[0], 64):  # bounded memory: 64 rows' systems at a time
             sl = slice(start, start + 64)
             new[sl] = reconstruct(flat[sl], h[group_of_row[sl]], keep[sl])
-        chosen = losses.double().gather(1, order.argsort(1)).masked_select(removed)
+        chosen = losses.double().masked_select(steps < per_row.unsqueeze(1))
         return (
             new.reshape(rows.shape),
             keep.reshape(rows.shape),

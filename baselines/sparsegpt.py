@@ -19,7 +19,7 @@ import torch
 from reflow.baselines.layerwise import DampedConfig, LayerwiseMethod
 from reflow.baselines.registry import register
 
-from reflow.masks import lowest_k
+from reflow.masks import Pattern, lowest_k
 
 
 def sparsegpt_rows(
@@ -29,10 +29,13 @@ def sparsegpt_rows(
     damp: float = 0.01,
     blocksize: int = 128,
     mask: torch.Tensor | None = None,
+    pattern: Pattern | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """SparseGPT on rows (groups, R, d) with H (groups, d, d); returns (new rows, keep, loss).
 
-    ``mask`` (True = prune) fixes the pruned set instead of choosing it per block.
+    ``mask`` (True = prune) fixes the pruned set instead of choosing it per block; a ``pattern``
+    chooses it per group of M columns as the reference's prunen/prunem mode (the M − N lowest
+    w²/U_ii² of each row's group, chosen when the group's first column is reached).
     """
     w = rows.double().clone()
     h = hessian.double().clone()
@@ -55,12 +58,19 @@ def sparsegpt_rows(
         errors = torch.zeros_like(block)
         if mask is not None:
             block_mask = mask[..., i1:i2]
+        elif pattern is not None:
+            block_mask = torch.zeros_like(block, dtype=torch.bool)
         else:
             target = round(prune_count * i2 / d) - done
             scores = block.square() / u.diagonal(dim1=-2, dim2=-1).unsqueeze(1).square()
             block_mask = ~lowest_k(scores.reshape(-1), target).view_as(scores)
-        done += int(block_mask.sum())
         for i in range(i2 - i1):
+            if pattern is not None and i % pattern.m == 0:
+                group = block[..., i : i + pattern.m].square() / (
+                    u.diagonal(dim1=-2, dim2=-1)[..., i : i + pattern.m].unsqueeze(1).square()
+                )
+                low = group.topk(pattern.m - pattern.n, dim=-1, largest=False).indices
+                block_mask[..., i : i + pattern.m].scatter_(-1, low, True)
             col = block[..., i]
             uii = u[..., i, i].unsqueeze(-1)  # (G, 1)
             q = col.masked_fill(block_mask[..., i], 0.0)
@@ -71,6 +81,7 @@ def sparsegpt_rows(
             errors[..., i] = err
         w[..., i1:i2] = quantised
         pruned[..., i1:i2] = block_mask
+        done += int(block_mask.sum())
         w[..., i2:] -= errors @ upper[..., i1:i2, i2:]
     return w, ~pruned, loss
 
@@ -80,9 +91,15 @@ class _SparseGPT(LayerwiseMethod):
     Config = DampedConfig
 
     def solve_layer(
-        self, hessian: torch.Tensor, rows: torch.Tensor, prune_count: int
+        self,
+        hessian: torch.Tensor,
+        rows: torch.Tensor,
+        prune_count: int,
+        pattern: Pattern | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-        new, keep, loss = sparsegpt_rows(hessian, rows, prune_count, self.config.damp)
+        new, keep, loss = sparsegpt_rows(
+            hessian, rows, prune_count, self.config.damp, pattern=pattern
+        )
         return new, keep, {"sparsegpt_loss": loss}
 
 

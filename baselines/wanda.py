@@ -10,10 +10,22 @@ import torch
 from reflow.baselines.layerwise import LayerwiseConfig, LayerwiseMethod, split_count
 from reflow.baselines.registry import register
 
+from reflow.masks import Pattern, pattern_masks
 
-def wanda_keep(rows: torch.Tensor, column_norms: torch.Tensor, prune_count: int) -> torch.Tensor:
-    """Keep mask for rows (groups, R, d) with ‖X_j‖ per group column (groups, d)."""
+
+def wanda_keep(
+    rows: torch.Tensor,
+    column_norms: torch.Tensor,
+    prune_count: int,
+    pattern: Pattern | None = None,
+) -> torch.Tensor:
+    """Keep mask for rows (groups, R, d) with ‖X_j‖ per group column (groups, d); with a
+    pattern, the N highest scores of every M consecutive columns of a row."""
     scores = rows.abs() * column_norms.unsqueeze(1)
+    if pattern is not None:
+        return pattern_masks({"rows": scores.reshape(-1, scores.shape[-1])}, pattern)[
+            "rows"
+        ].view_as(rows)
     flat = scores.reshape(-1, scores.shape[-1])
     counts = split_count(prune_count, flat.shape[0]).to(flat.device)
     ranks = flat.argsort(dim=1, stable=True).argsort(dim=1)
@@ -28,7 +40,11 @@ class Wanda(LayerwiseMethod):
     Config = LayerwiseConfig
 
     def solve_layer(
-        self, hessian: torch.Tensor, rows: torch.Tensor, prune_count: int
+        self,
+        hessian: torch.Tensor,
+        rows: torch.Tensor,
+        prune_count: int,
+        pattern: Pattern | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-        keep = wanda_keep(rows, hessian.double().clamp_min(0).sqrt(), prune_count)
+        keep = wanda_keep(rows, hessian.double().clamp_min(0).sqrt(), prune_count, pattern)
         return rows * keep, keep, {}

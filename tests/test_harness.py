@@ -210,3 +210,25 @@ def test_a_family_shares_one_search_with_the_same_result(pair, options) -> None:
             if name in result.masks:
                 expected = alone_weights[name] * result.masks[name]
                 torch.testing.assert_close(p, expected, msg=f"{method.name} {name}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_data_free_masks_are_the_same_on_gpu_and_cpu() -> None:
+    """Same seed, same masks on either device, for every method that needs no data."""
+    from reflow import baselines
+    from reflow.harness import load_setup, select_phase
+    from reflow.timing import PhaseTimer
+
+    cpu, gpu = (
+        load_setup("resnet20", "synthetic"),
+        load_setup("resnet20", "synthetic", device="cuda"),
+    )
+    for name in baselines.list_methods():
+        method = baselines.get_method(name)
+        if method.needs:
+            continue
+        _, on_cpu = select_phase(cpu, method, 0.7, 3, Settings(), PhaseTimer())
+        _, on_gpu = select_phase(gpu, method, 0.7, 3, Settings(), PhaseTimer("cuda"))
+        for layer, mask in on_cpu.masks.items():
+            assert torch.equal(mask, on_gpu.masks[layer].cpu()), (name, layer)

@@ -231,3 +231,31 @@ def test_prunable_modules_map_weights_to_layers() -> None:
     net = _small_net()
     modules = prunable_modules(net, prunable_parameters(net))
     assert modules["3.weight"] is net[3] and modules["9.weight"] is net[9]
+
+
+@pytest.mark.parametrize("name", ["obc", "sparsegpt", "sparsegpt_s", "wanda"])
+@pytest.mark.parametrize("text", ["2:4", "1:4"])
+def test_layerwise_methods_follow_n_m_patterns(name: str, text: str) -> None:
+    """N of every M consecutive input channels kept at each kernel position; the 3-channel stem
+    and the depthwise conv (one input channel per group) stay dense."""
+    from reflow.masks import Pattern, follows_pattern
+
+    pattern = Pattern.parse(text)
+    net = _small_net()
+    method = baselines.get_method(name, {"samples": "32", "batch_size": "8"})
+    ctx = baselines.PruneContext(
+        torch.Generator().manual_seed(0),
+        torch.device("cpu"),
+        activation_sample=lambda n, bs: _batches(n),
+        pattern=pattern,
+    )
+    result = method.prune(copy.deepcopy(net), pattern.sparsity, ctx)
+    assert follows_pattern(result.masks, pattern)
+    assert bool(result.masks["0.weight"].all()) and bool(result.masks["3.weight"].all())
+    pruned = result.masks["6.weight"]  # the 1x1 conv, 8 input channels
+    assert float(pruned.float().mean()) == pattern.n / pattern.m
+    if name in ("obc", "sparsegpt"):
+        for layer, facts in result.layer_info.items():
+            assert facts["recon_error"] <= facts["recon_error_magnitude"] * (1 + 1e-9) or (
+                layer in ("0.weight", "3.weight")
+            )

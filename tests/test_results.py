@@ -183,3 +183,12 @@ def test_missing_and_unreadable_folders_are_clear_errors(tmp_path) -> None:
     (bad / "results.sqlite").write_bytes(b"not a database at all" * 100)
     with pytest.raises(ReflowError, match="cannot open"):
         ResultStore(bad)
+
+
+def test_parquet_export_when_the_engine_is_installed(tmp_path) -> None:
+    pytest.importorskip("pyarrow")
+    store = ResultStore(tmp_path)
+    store.add(_row(), probes=[{"layer": "bn1", "ratio": 0.5}])
+    written = store.export("parquet", tmp_path / "out")
+    frame = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert len(written) == 3 and frame["config_hash"].tolist() == ["h"]
