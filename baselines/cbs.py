@@ -24,7 +24,7 @@ from itertools import pairwise
 
 import torch
 from reflow.baselines.base import Method, PruneContext, PruneResult, option
-from reflow.baselines.gradients import GradientMatrix, gradient_matrix
+from reflow.baselines.gradients import GradientConfig, GradientMatrix, gradient_matrix
 from reflow.baselines.lowrank import constrained_minimiser, gram_cholesky, inverse_diagonal, whiten
 from reflow.baselines.registry import register
 from torch import nn
@@ -36,25 +36,19 @@ INITS = ("woodfisher", "magnitude")
 
 
 @dataclass(frozen=True)
-class CbsConfig:
-    num_grads: int = option(1000, "N: per-sample gradients in each layer's Fisher block")
-    grad_batch_size: int = option(1, "samples per gradient")
-    damp: float = option(1e-5, "λ: dampening of the Fisher blocks")
+class CbsConfig(GradientConfig):
     init: str = option("woodfisher", "initial mask: woodfisher (ResNet-20 in the paper), magnitude")
     epsilon: float = option(1e-4, "ε: least objective decrease for a swap to be taken")
     window: int = option(10, "ρ: kept candidates tried on each side of a pruned weight's rank")
     max_failures: int = option(20, "τ: positions without a swap before an iteration ends")
     iterations: int = option(100, "most swap iterations")
     update_scale: float = option(1.0, "scale of the exact OBS update (cbs_u)")
-    chunk: int = option(64, "gradients computed per vectorised call (memory vs speed)")
-    memory_limit_gb: float = option(8.0, "refuse a gradient matrix larger than this")
 
     def __post_init__(self) -> None:
-        for name in ("num_grads", "grad_batch_size", "window", "iterations", "chunk"):
+        super().__post_init__()
+        for name in ("window", "iterations"):
             if getattr(self, name) < 1:
                 raise ReflowError(f"cbs.{name} must be at least 1, got {getattr(self, name)}")
-        if self.damp <= 0:
-            raise ReflowError(f"cbs.damp must be > 0, got {self.damp}")
         if self.init not in INITS:
             raise ReflowError(f"cbs.init must be one of {', '.join(INITS)}, got {self.init!r}")
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from reflow.baselines.base import Method, PruneContext, PruneResult, option
-from reflow.baselines.gradients import GradientMatrix, gradient_matrix
+from reflow.baselines.gradients import GradientConfig, GradientMatrix, gradient_matrix
 from reflow.baselines.lowrank import constrained_minimiser
 from reflow.baselines.registry import register
 from torch import nn
@@ -42,9 +42,7 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 @dataclass(frozen=True)
-class ChitaConfig:
-    num_grads: int = option(1000, "n: gradients in F = GᵀG/n")
-    grad_batch_size: int = option(1, "m: samples per gradient")
+class ChitaConfig(GradientConfig):
     damp: float = option(1e-4, "λ: ridge weight ½λ‖β − w̄‖² (the reference's l2)")
     first_order: bool = option(False, "add the first-order term (1/m)·ḡᵀβ (reference: off)")
     stages: int = option(1, "T: CHITA++ stages, gradients recomputed at each stage's weights")
@@ -56,15 +54,12 @@ class ChitaConfig:
     active_factor: float = option(1.5, "initial active set, as a multiple of k")
     tolerance: float = option(1e-7, "relative objective change that ends the IHT iterations")
     dtype: str = option("float64", "gradient matrix precision: float64 or float32")
-    chunk: int = option(64, "gradients computed per vectorised call (memory vs speed)")
-    memory_limit_gb: float = option(8.0, "refuse a gradient matrix larger than this")
 
     def __post_init__(self) -> None:
-        for name in ("num_grads", "grad_batch_size", "stages", "iterations", "chunk"):
+        super().__post_init__()
+        for name in ("stages", "iterations"):
             if getattr(self, name) < 1:
                 raise ReflowError(f"chita.{name} must be at least 1, got {getattr(self, name)}")
-        if self.damp <= 0:
-            raise ReflowError(f"chita.damp must be > 0, got {self.damp}")
         if self.schedule not in SCHEDULES:
             raise ReflowError(f"chita.schedule must be one of {', '.join(SCHEDULES)}")
         if self.dtype not in DTYPES:

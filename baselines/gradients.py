@@ -15,7 +15,27 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from reflow.errors import ReflowError
 from reflow.memory import require_memory
+from reflow.options import option
+
+
+@dataclass(frozen=True)
+class GradientConfig:
+    """Options every method built on n loss gradients has (defaults: WoodFisher's and CBS's)."""
+
+    num_grads: int = option(1000, "n: gradients, each of the loss on a mini-batch")
+    grad_batch_size: int = option(1, "m: samples per gradient")
+    damp: float = option(1e-5, "λ: dampening added to the Fisher diagonal")
+    chunk: int = option(64, "gradients computed per vectorised call (memory vs speed)")
+    memory_limit_gb: float = option(8.0, "refuse gradient or Fisher storage larger than this")
+
+    def __post_init__(self) -> None:
+        for name in ("num_grads", "grad_batch_size", "chunk"):
+            if getattr(self, name) < 1:
+                raise ReflowError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.damp <= 0:
+            raise ReflowError(f"damp must be > 0, got {self.damp}")
 
 
 def per_sample_gradients(

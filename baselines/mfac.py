@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from reflow.baselines.base import Method, PruneContext, PruneResult, option
 from reflow.baselines.fisher import BlockLayout
-from reflow.baselines.gradients import per_sample_gradients
+from reflow.baselines.gradients import GradientConfig, per_sample_gradients
 from reflow.baselines.lowrank import (
     mfac_factors,
     mfac_inverse_diagonal,
@@ -39,22 +39,19 @@ ALGORITHMS = ("cholesky", "recursion")
 
 
 @dataclass(frozen=True)
-class MfacConfig:
+class MfacConfig(GradientConfig):
     num_grads: int = option(64, "m: gradients per step (reference script default)")
     grad_batch_size: int = option(32, "samples per gradient (reference script default)")
+    chunk: int = option(16, "gradients computed per call (memory vs speed)")
     block_size: int = option(128, "weights per Fisher block (reference default 128)")
-    damp: float = option(1e-5, "λ: dampening")
     steps: int = option(16, "R: geometric pruning steps, gradients recomputed before each")
     algorithm: str = option("cholesky", "cholesky (one factorisation) or recursion (as written)")
-    chunk: int = option(16, "gradients computed per vectorised call (memory vs speed)")
-    memory_limit_gb: float = option(8.0, "refuse gradient blocks larger than this")
 
     def __post_init__(self) -> None:
-        for name in ("num_grads", "grad_batch_size", "block_size", "steps", "chunk"):
+        super().__post_init__()
+        for name in ("block_size", "steps"):
             if getattr(self, name) < 1:
                 raise ReflowError(f"mfac.{name} must be at least 1, got {getattr(self, name)}")
-        if self.damp <= 0:
-            raise ReflowError(f"mfac.damp must be > 0, got {self.damp}")
         if self.algorithm not in ALGORITHMS:
             raise ReflowError(f"mfac.algorithm must be one of {', '.join(ALGORITHMS)}")
 

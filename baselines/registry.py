@@ -6,7 +6,6 @@ from typing import Any
 
 from reflow.baselines.base import Method
 
-from reflow.options import make_config
 from reflow.registry import Registry
 
 METHODS: Registry[type[Method]] = Registry("method")
@@ -23,5 +22,4 @@ def get_method_class(name: str) -> type[Method]:
 
 def get_method(name: str, options: dict[str, Any] | None = None) -> Method:
     """An instance of method ``name`` with string ``options`` applied to its Config."""
-    cls = get_method_class(name)
-    return cls(make_config(cls.Config, options or {}, owner=name))
+    return METHODS.build(name, options)

@@ -18,7 +18,7 @@ from reflow.baselines.fisher import (
     obs_update_exact,
     obs_update_woodfisher,
 )
-from reflow.baselines.gradients import per_sample_gradients
+from reflow.baselines.gradients import GradientConfig, per_sample_gradients
 from reflow.baselines.registry import register
 from torch import nn
 
@@ -29,23 +29,16 @@ UPDATES = ("exact", "woodfisher")
 
 
 @dataclass(frozen=True)
-class FisherConfig:
-    num_grads: int = option(1000, "N: gradients in the empirical Fisher")
-    grad_batch_size: int = option(1, "m: samples per gradient")
+class FisherConfig(GradientConfig):
     block_size: int = option(128, "B: weights per Fisher block (blocks never cross layers)")
-    damp: float = option(1e-5, "λ: dampening added to the Fisher diagonal")
     inverse: str = option("direct", "block inverse: direct (batched Cholesky) or woodbury")
-    chunk: int = option(64, "gradients computed per vectorised call (memory vs speed)")
-    memory_limit_gb: float = option(8.0, "refuse Fisher blocks larger than this")
     update: str = option("exact", "OBS update: exact (multi-weight) or woodfisher (sum of singles)")
     update_scale: float = option(1.0, "scale of the woodfisher-form update")
 
     def __post_init__(self) -> None:
-        for name in ("num_grads", "grad_batch_size", "block_size", "chunk"):
-            if getattr(self, name) < 1:
-                raise ReflowError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.damp <= 0:
-            raise ReflowError(f"damp must be > 0, got {self.damp}")
+        super().__post_init__()
+        if self.block_size < 1:
+            raise ReflowError(f"block_size must be at least 1, got {self.block_size}")
         if self.inverse not in INVERSES:
             raise ReflowError(f"inverse must be one of {', '.join(INVERSES)}, got {self.inverse!r}")
         if self.update not in UPDATES:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from reflow import baselines
+from reflow.atomic import atomic_write
 from reflow.baselines.base import PruneContext
 from reflow.data import Batch
 from reflow.errors import ReflowError
@@ -213,7 +214,8 @@ def save_pruned(
         atomic_torch_save({k: v.cpu() for k, v in masks.items()}, target)
         card["files"]["masks"] = target.name
         written.append(target)
-    path.with_suffix(".json").write_text(json.dumps(card, indent=2, sort_keys=True, default=str))
+    text = json.dumps(card, indent=2, sort_keys=True, default=str)
+    atomic_write(path.with_suffix(".json"), lambda f: f.write(text))
     return written
 
 

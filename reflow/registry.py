@@ -7,8 +7,8 @@ registering one twice is an error, so a plugin cannot silently replace a built-i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Generic, TypeVar
+from collections.abc import Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
 from reflow.errors import ReflowError, unknown_name
 
@@ -40,6 +40,13 @@ class Registry(Generic[T]):
         if name not in self._items:
             raise unknown_name(self.kind, name, self._items)
         return self._items[name]
+
+    def build(self, name: str, options: Mapping[str, str] | None = None) -> Any:
+        """An instance of registered class ``name``, its ``Config`` built from string options."""
+        from reflow.options import make_config
+
+        cls = self.get(name)
+        return cls(make_config(cls.Config, options or {}, owner=name))
 
     def names(self) -> list[str]:
         return list(self._items)

@@ -28,7 +28,7 @@ from torch import nn
 
 from reflow.data import Batch
 from reflow.norms import batchnorm_layers, describe_norms, has_affine, norm_layers
-from reflow.options import NoConfig, make_config, option
+from reflow.options import NoConfig, option
 from reflow.recalibrate import recalibrate_bn, select_layers
 from reflow.registry import Registry
 from reflow.statcorr import correct_statistics
@@ -80,8 +80,7 @@ def list_repairs() -> list[str]:
 
 
 def get_repair(name: str, options: dict[str, str] | None = None) -> Repair:
-    cls = REPAIRS.get(name)
-    return cls(make_config(cls.Config, options or {}, owner=name))
+    return REPAIRS.build(name, options)
 
 
 @register

@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sqlite3
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from reflow.atomic import atomic_write
 from reflow.errors import ReflowError
 
 KEY = ("model", "checkpoint", "dataset", "method", "repair", "sparsity", "seed", "config_hash")
@@ -44,16 +43,7 @@ def row_key(row: Mapping[str, Any]) -> tuple:
 
 
 def write_csv_atomic(frame: pd.DataFrame, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            frame.to_csv(f, index=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(target, lambda f: frame.to_csv(f, index=False))
 
 
 def _sql_type(value: Any) -> str:
@@ -244,9 +234,9 @@ class ResultStore:
             if fmt == "csv":
                 write_csv_atomic(frame, target)
             else:
-                tmp = target.with_name(f".{target.name}.tmp")
-                frame.to_parquet(tmp, index=False)
-                os.replace(tmp, target)
+                atomic_write(
+                    target, lambda f, frame=frame: frame.to_parquet(f, index=False), binary=True
+                )
             written.append(target)
         return written
 

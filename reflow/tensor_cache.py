@@ -6,28 +6,17 @@ Files are written to a temporary name in the same folder and moved into place wi
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from reflow import paths
+from reflow.atomic import atomic_write
 
 
 def atomic_torch_save(obj: object, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(target, lambda f: torch.save(obj, f), binary=True)
 
 
 def cached_tensors(

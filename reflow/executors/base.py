@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from reflow.errors import ReflowError
 from reflow.execute import ExecEnv, RowResult, execute
-from reflow.options import NoConfig, make_config
+from reflow.options import NoConfig
 from reflow.plan import Task
 from reflow.registry import Registry
 
@@ -54,8 +54,7 @@ register = EXECUTORS.register
 
 
 def get_executor(name: str, options: dict[str, str] | None = None) -> Executor:
-    cls = EXECUTORS.get(name)
-    return cls(make_config(cls.Config, options or {}, owner=name))
+    return EXECUTORS.build(name, options)
 
 
 @register

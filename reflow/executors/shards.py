@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from reflow.atomic import atomic_write
 from reflow.execute import RowResult
 from reflow.plan import Task
 from reflow.results import ResultStore, row_key
@@ -23,17 +22,7 @@ def shard_name(task: Task) -> str:
 
 
 def write_shard(path: Path, rows: list[RowResult]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump([asdict(r) for r in rows], f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: json.dump([asdict(r) for r in rows], f))
 
 
 def read_shard(path: Path) -> list[RowResult]:
