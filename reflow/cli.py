@@ -170,6 +170,11 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-batches", type=int, default=50, help="calibration batches for repairs")
     p.add_argument("--calib-batch-size", type=int, default=128, help="calibration batch size")
     p.add_argument(
+        "--calib-augment",
+        action="store_true",
+        help="augment calibration images as the CIFAR training recipe (random crop, flip)",
+    )
+    p.add_argument(
         "--recalibrate-layers",
         default="all",
         help="normalisation layers a repair works on: all, first:K or last:K",
@@ -215,6 +220,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         scope=args.scope,
         calib_batches=args.calib_batches,
         calib_batch_size=args.calib_batch_size,
+        calib_augment=args.calib_augment,
         recalibrate_layers=args.recalibrate_layers,
         eval_batch_size=args.eval_batch_size,
         eval_samples=args.eval_samples,

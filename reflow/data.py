@@ -120,6 +120,26 @@ class ImageData:
         return list(self.train.batches(order, batch_size))
 
 
+def augment(batches: list[Batch], seed: int, padding: int = 4) -> list[Batch]:
+    """The CIFAR training recipe's augmentation (random crop after zero padding, random
+    horizontal flip), seeded. Padding is applied to the normalised images with the value a black
+    pixel normalises to, as ``transforms.RandomCrop(32, padding=4)`` pads before normalising."""
+    generator = torch.Generator().manual_seed(_stream_seed(seed, "augment"))
+    black = (-torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)).view(1, 3, 1, 1)
+    out = []
+    for x, y in batches:
+        n, _, h, w = x.shape
+        canvas = black.expand(n, 3, h + 2 * padding, w + 2 * padding).clone()
+        canvas[:, :, padding : padding + h, padding : padding + w] = x
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+        flip = torch.rand(n, generator=generator) < 0.5
+        crops = torch.stack([canvas[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+        crops[flip] = crops[flip].flip(-1)
+        out.append((crops, y))
+    return out
+
+
 def _stream_seed(seed: int, stream: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{stream}".encode()).digest()[:8], "little") >> 1
 

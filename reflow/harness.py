@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from reflow import baselines
 from reflow.baselines.base import PruneContext, PruneResult
-from reflow.data import Batch, ImageData, list_datasets, load_dataset
+from reflow.data import Batch, ImageData, augment, list_datasets, load_dataset
 from reflow.errors import ReflowError, unknown_name
 from reflow.evaluate import Evaluation, evaluate
 from reflow.masks import (
@@ -379,9 +379,10 @@ def magnitude_masks(setup: Setup, sparsity: float, settings: Settings) -> dict:
 
 
 def calibration_batches(setup: Setup, seed: int, settings: Settings) -> list[Batch]:
-    return setup.data.train_sample(
+    batches = setup.data.train_sample(
         settings.calib_batches, settings.calib_batch_size, seed, "calibration"
     )
+    return augment(batches, seed) if settings.calib_augment else batches
 
 
 def repair_phase(

@@ -24,6 +24,10 @@ class Settings:
     scope: str = "all"
     calib_batches: int = 50
     calib_batch_size: int = 128
+    #: Augment calibration images as the CIFAR training recipe did (random crop with 4 pixels of
+    #: zero padding, horizontal flip), so they match the batches the checkpoint's BN statistics
+    #: came from.
+    calib_augment: bool = False
     recalibrate_layers: str = "all"
     eval_batch_size: int = 500
     #: Test images evaluated: the first N of the fixed class-mixed order (0: the whole split).

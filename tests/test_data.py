@@ -87,3 +87,19 @@ def test_train_sample_too_large_is_a_clear_error(data) -> None:
 def test_test_batches_cover_every_image_once(data) -> None:
     labels = torch.cat([y for _, y in data.test_batches(10)])
     assert sorted(labels.tolist()) == sorted(data.test.labels.tolist())
+
+
+def test_augment_is_the_training_recipe_crop_and_flip() -> None:
+    from reflow.data import IMAGENET_MEAN, IMAGENET_STD, augment
+
+    x = torch.randn(64, 3, 8, 8)
+    y = torch.arange(64)
+    ((out, labels),) = augment([(x, y)], seed=0)
+    assert out.shape == x.shape and torch.equal(labels, y)
+    assert torch.equal(augment([(x, y)], seed=0)[0][0], out)  # seeded
+    black = (-torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)).view(3, 1, 1)
+    for i in range(64):  # every output is a shifted (maybe mirrored) window of the padded image
+        canvas = black.expand(3, 16, 16).clone()
+        canvas[:, 4:12, 4:12] = x[i]
+        windows = [canvas[:, a : a + 8, b : b + 8] for a in range(9) for b in range(9)]
+        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
