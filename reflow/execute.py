@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import traceback
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,7 +63,10 @@ class RowResult:
     layers: list[dict] = field(default_factory=list)
 
 
-_SETUPS: dict[tuple, Setup] = {}
+#: This process's set-ups, most recently used last; a few are kept (a model with its dense
+#: evaluations; the decoded datasets are shared between set-ups by `reflow.harness`).
+_SETUPS: OrderedDict[tuple, Setup] = OrderedDict()
+SETUPS_KEPT = 4
 
 
 def load_plugins(plugins: tuple[str, ...]) -> None:
@@ -82,6 +86,9 @@ def cached_setup(key: SetupKey, env: ExecEnv) -> Setup:
         if device.type == "cuda":
             warm_up(setup)
         _SETUPS[cache_key] = setup
+        while len(_SETUPS) > SETUPS_KEPT:
+            _SETUPS.popitem(last=False)
+    _SETUPS.move_to_end(cache_key)
     return _SETUPS[cache_key]
 
 

@@ -12,6 +12,7 @@ benchmarks call. `run_grid` is the short way to run a grid in this process.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from reflow import baselines
+from reflow import baselines, paths
 from reflow.baselines.base import PruneContext, PruneResult
 from reflow.data import Batch, ImageData, augment, list_datasets, load_dataset
 from reflow.errors import ReflowError, unknown_name
@@ -140,7 +141,7 @@ def load_setup(
     entry = get_entry(model)
     torch.manual_seed(seed)  # random-init weights ("none") are seeded too
     loaded = get_model(model, checkpoint, dataset)
-    data = load_dataset(dataset, data_root, entry.input_size)
+    data = shared_dataset(dataset, Path(data_root or paths.data_root()), entry.input_size)
     if data.num_classes != entry.num_classes:
         raise ReflowError(
             f"{model} has {entry.num_classes} outputs but {dataset} has {data.num_classes} classes"
@@ -150,6 +151,12 @@ def load_setup(
     if dense_bn == "train":
         reestimate_dense_bn(setup)
     return setup
+
+
+@functools.lru_cache(maxsize=4)
+def shared_dataset(name: str, root: Path | None, input_size: int) -> ImageData:
+    """One loaded copy of a dataset per process, shared by every set-up that uses it."""
+    return load_dataset(name, root, input_size)
 
 
 def reestimate_dense_bn(setup: Setup, batch_size: int = 128) -> int:
