@@ -356,6 +356,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
         fmt=args.format,
         metric=args.metric,
         digits=args.digits,
+        by_repair=args.by_repair,
         model=args.model,
         dataset=args.dataset,
         checkpoint=args.checkpoint,
@@ -536,6 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--metric", default="top1", help="column to tabulate (top1, top5, loss, ...)")
     p.add_argument("--digits", type=int, default=2)
+    p.add_argument(
+        "--by-repair", action="store_true", help="one table per repair, methods as columns"
+    )
     p.set_defaults(func=_cmd_table)
 
     p = sub.add_parser("collapse", help="layer-wise variance ratios and per-layer densities")

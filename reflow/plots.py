@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from reflow.baselines import list_methods
-from reflow.tables import DEFAULTS, column_label, expand_config, with_defaults
+from reflow.tables import DEFAULTS, column_label, expand_config, variant, with_defaults
 
 REPAIR_STYLES = {
     "none": "--",
@@ -179,9 +179,16 @@ def _mean_std(frame: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
     return frame.groupby(by)[value].agg(["mean", "std", "count"]).reset_index()
 
 
+#: Fig. 10's methods in the paper: MP against CHITA's selection and update, with and without
+#: REFLOW (every method is drawn when none of CHITA's rows are there).
+FIG10_METHODS = ("mp", "chita_s", "chita_u")
+
+
 def accuracy_vs_sparsity(probes: pd.DataFrame, results: pd.DataFrame, out: Path) -> list[Path]:
     """Fig. 10: top-1 vs sparsity per method and repair (mean ± std over seeds)."""
     rows = with_defaults(results)
+    if rows.method.isin(FIG10_METHODS[1:]).any():
+        rows = rows[rows.method.isin(FIG10_METHODS)]
     if rows.empty:
         return []
     fig, ax = plt.subplots(figsize=(7.5, 5))
@@ -406,20 +413,56 @@ FIGURES: dict[str, Callable[..., list[Path]]] = {
 }
 
 
+#: Settings that do not change a row's accuracy: rows differing only in them are drawn together.
+DRAWING_IGNORES = ("probe_samples", "eval_batch_size")
+
+
 def plot_all(
     results: pd.DataFrame, probes: pd.DataFrame, out: Path, only: list[str] | None = None
 ) -> dict[str, list[Path]]:
-    """Draw every figure the tables have rows for; returns figure name → files written."""
+    """Draw every figure the tables have rows for, per model (a folder each when there are
+    several), from rows in the default configuration (the calibration settings aside, which the
+    ablation figures sweep); returns ``"model: figure"`` (or the figure name) → files written."""
     results = expand_config(results[results.error.isna()] if "error" in results else results)
+    if not results.empty:
+        tags = [
+            drawing_variant(m, r, c)
+            for m, r, c in zip(results.method, results.repair, results.config, strict=True)
+        ]
+        results = results[[t == "" for t in tags]]
     if probes.empty:  # e.g. runs with probe_samples = 0: probe figures are skipped
         probes = pd.DataFrame(
-            columns=["run_id", "method", "repair", "sparsity", "norm_index", "layer", "ratio"]
+            columns=[
+                "run_id",
+                "model",
+                "method",
+                "repair",
+                "sparsity",
+                "norm_index",
+                "layer",
+                "ratio",
+            ]
         )
     else:
-        probes = with_defaults(probes.merge(results[["run_id", *DEFAULTS]], on="run_id"))
-    written = {}
-    for name, draw in FIGURES.items():
-        if only and name not in only:
-            continue
-        written[name] = draw(probes, results, out)
+        keep = ["run_id", *DEFAULTS]
+        probes = with_defaults(probes.merge(results[keep], on="run_id"))
+    models = sorted(results.model.unique()) if not results.empty else []
+    written: dict[str, list[Path]] = {}
+    for model in models or [None]:
+        rows = results[results.model == model] if model else results
+        aux = probes[probes.model == model] if model else probes
+        folder = out / model if len(models) > 1 else out
+        prefix = f"{model}: " if len(models) > 1 else ""
+        for name, draw in FIGURES.items():
+            if only and name not in only:
+                continue
+            written[prefix + name] = draw(aux, rows, folder)
     return written
+
+
+def drawing_variant(method: str, repair: str, config: str | None) -> str:
+    """A row's configuration tag, ignoring the settings that cannot move its accuracy."""
+    if not isinstance(config, str):
+        return ""
+    stored = {k: v for k, v in json.loads(config).items() if k not in DRAWING_IGNORES}
+    return variant(method, repair, json.dumps(stored))

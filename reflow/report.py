@@ -382,7 +382,7 @@ def write_report(folder: Path, out: Path) -> Path:
         ]
         lines += [f"| {v.claim} | {v.test} | **{v.outcome}** | {v.evidence} |" for v in verdicts]
         lines += [""]
-    for title, text in table_for(results):
+    for title, text in table_for(results, by_repair=True):
         lines += [
             f"## Top-1 (%): {title}",
             "",

@@ -91,20 +91,24 @@ def variant(method: str, repair: str, config: str | None) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(flat.items()))
 
 
-def labelled(frame: pd.DataFrame) -> pd.Series:
-    """Column labels: ``method+repair``, with the configuration variant when not default."""
+def labelled(frame: pd.DataFrame, with_repair: bool = True) -> pd.Series:
+    """Column labels: ``method+repair`` (or ``method``), with the configuration variant when
+    not default."""
     configs = frame["config"] if "config" in frame else [None] * len(frame)
     labels = []
     for m, r, c in zip(frame.method, frame.repair, configs, strict=True):
         tag = variant(m, r, c)
-        labels.append(column_label(m, r) + (f" [{tag}]" if tag else ""))
+        base = column_label(m, r) if with_repair else m
+        labels.append(base + (f" [{tag}]" if tag else ""))
     return pd.Series(labels, index=frame.index)
 
 
-def accuracy_table(frame: pd.DataFrame, metric: str = "top1") -> tuple[pd.DataFrame, pd.DataFrame]:
+def accuracy_table(
+    frame: pd.DataFrame, metric: str = "top1", with_repair: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Mean and std (over seeds) of ``metric``, sparsity rows × method[+repair] columns; rows
     of different configurations get different columns, never one average."""
-    frame = frame.assign(column=labelled(frame))
+    frame = frame.assign(column=labelled(frame, with_repair))
     groups = frame.groupby(["sparsity", "column"], sort=False)[metric]
     mean = groups.mean().unstack("column").sort_index()
     std = groups.std(ddof=1).unstack("column").reindex_like(mean)
@@ -162,22 +166,27 @@ def table_for(
     fmt: str = "markdown",
     metric: str = "top1",
     digits: int = 2,
+    by_repair: bool = False,
     **filters: object,
 ) -> list[tuple[str, str]]:
-    """Rendered tables, one per (model, checkpoint, dataset), with a title each."""
+    """Rendered tables, one per (model, checkpoint, dataset) (and per repair with
+    ``by_repair``, methods as columns), with a title each."""
     if layout not in LAYOUTS:
         raise ReflowError(f"unknown layout {layout!r}; layouts: {', '.join(LAYOUTS)}")
     rows = filter_rows(frame, **filters)
     rows = with_defaults(expand_config(rows))  # one repair configuration per table, never mixed
-    groups = rows.groupby(["model", "checkpoint", "dataset"])
+    keys = ["model", "checkpoint", "dataset"] + (["repair"] if by_repair else [])
+    groups = rows.groupby(keys, sort=False)
     out = []
-    for (model, ckpt, dataset), group in groups:
-        mean, std = accuracy_table(group, metric)
+    for key, group in groups:
+        model, ckpt, dataset = key[:3]
+        mean, std = accuracy_table(group, metric, with_repair=not by_repair)
         if layout.startswith("paper"):
             mean, std = paper_layout(mean, std, faithful=layout == "paper-faithful")
         dense = group["dense_top1"].iloc[0]
+        repair = f", repair {key[3]}" if by_repair else ""
         title = (
-            f"{model} ({ckpt}) on {dataset}: {metric}, dense top-1 {dense:.2f}"
+            f"{model} ({ckpt}) on {dataset}{repair}: {metric}, dense top-1 {dense:.2f}"
             if len(groups) > 1 or fmt != "csv"
             else ""
         )
