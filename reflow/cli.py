@@ -27,6 +27,20 @@ from reflow.settings import DENSE_BN, Settings
 from reflow.tables import FORMATS, LAYOUTS, table_for
 from reflow.zoo import MODELS
 
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Option defaults in --help (only where there is one), example epilogs printed as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default
+        if isinstance(default, tuple):
+            default = ",".join(str(part) for part in default if part is not None)
+        shown = default not in (None, False, [], "", argparse.SUPPRESS)
+        if not shown or "default" in (action.help or ""):
+            return action.help
+        return f"{action.help} (default: {default})"
+
+
 EPILOG = """examples:
   REFLOW_HOME=../shared reflow run --model resnet20 --dataset cifar10-jpeg \\
       --method mp,random --repair none,reflow --sparsity 0.4,0.5,0.6,0.7,0.8,0.9 --out runs/table1
@@ -136,7 +150,14 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         help="prune, repair and evaluate a grid; rows into OUT/results.sqlite",
         description="Run every (model, checkpoint, dataset, method, repair, sparsity, seed) row "
         "not already in OUT. Safe to interrupt: finished rows are kept, rerunning resumes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="examples:\n"
+        "  reflow run --model resnet20 --dataset cifar10-jpeg --method mp,chita_u \\\n"
+        "      --repair none,reflow --sparsity 0.7,0.8,0.9 --out runs/x\n"
+        "  reflow run --model resnet20 --dataset cifar10-jpeg --method cbs_u --scope blocks \\\n"
+        "      --set cbs_u.num_grads=500 --sparsity 0.8 --out runs/x\n"
+        "  reflow run --model resnet20 --dataset cifar10-jpeg --method mp,wf_u --pattern 2:4 \\\n"
+        "      --repair none,reflow,statcorr --out runs/x --executor dask --workers 2",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--model", type=_csv(str), required=True, help="comma list; see `reflow list`")
     p.add_argument("--dataset", type=_csv(str), required=True, help="comma list; see `reflow list`")
@@ -179,7 +200,7 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
         default="all",
         help="normalisation layers a repair works on: all, first:K or last:K",
     )
-    p.add_argument("--eval-batch-size", type=int, default=500)
+    p.add_argument("--eval-batch-size", type=int, default=500, help="test images per forward pass")
     p.add_argument(
         "--eval-samples",
         type=int,
@@ -285,7 +306,14 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
         "applied; loadable with torch.load(weights_only=True)) and a card beside it: model, "
         "checkpoint sha256, method and options, sparsity achieved, repair and calibration "
         "samples, dense and pruned top-1, commit, torch version.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="examples:\n"
+        "  reflow prune --model resnet20 --dataset cifar10-jpeg --method mp --sparsity 0.8 \\\n"
+        "      --repair reflow --save pruned.pt --save-masks\n"
+        "  reflow prune --model resnet20 --dataset cifar10-jpeg --method obc --pattern 2:4 \\\n"
+        "      --repair statcorr --save obc-24.pt\n"
+        "  reflow prune --model mobilenet_v1 --dataset cifar10-jpeg --method l1_channel \\\n"
+        "      --sparsity 0.5 --repair reflow --save smaller.pt",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--model", required=True, help="zoo model; see `reflow list`")
     p.add_argument("--dataset", required=True, help="its dataset (calibration and test split)")
@@ -459,6 +487,14 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
         help="run the grids declared in a TOML file (resumable)",
         description="Run every [[experiment]] of CONFIG into one results folder. Rows shared by "
         "several experiments run once; an interrupted sweep resumes where it stopped.",
+        epilog="examples:\n"
+        "  reflow sweep configs/paper/table1.toml --out runs/paper --dry-run\n"
+        "  reflow sweep configs/paper/table1.toml --out runs/paper\n"
+        "  reflow sweep configs/paper/table1.toml --out runs/paper --executor dask --workers 2\n"
+        "  reflow sweep configs/paper/table1.toml --out runs/paper --executor dask --gpus 0,1\n"
+        "  reflow sweep configs/paper/table1.toml --out runs/paper --executor submitit \\\n"
+        "      --executor-set partition=gpu --executor-set gpus=1",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("config", type=Path, help="sweep file, e.g. configs/paper/table1.toml")
     p.add_argument("--out", type=Path, required=True, help="results folder")
@@ -519,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="reflow",
         description="One-shot pruning benchmark with REFLOW BatchNorm recalibration.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(sub)
