@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from reflow.harness import Grid, Settings, run_grid
+from reflow.execute import ExecEnv
+from reflow.harness import Grid, Settings
+from reflow.plan import Experiment
 from reflow.results import ResultStore
+from reflow.runner import run_experiments
 
 SHARED = Path(os.environ.get("REFLOW_HOME", Path(__file__).resolve().parents[2] / "shared"))
 
@@ -27,12 +30,15 @@ def shared_home() -> Path:
 
 @pytest.fixture(scope="session")
 def run_rows(shared_home: Path, tmp_path_factory: pytest.TempPathFactory):
-    """Run a grid once per session on resnet20 + cifar10-jpeg and return the stored tables."""
+    """Run a grid (or experiments) into one session store, shared by every gate, and return it:
+    rows that several gates need run once."""
     folder = tmp_path_factory.mktemp("gates")
 
-    def run(grid: Grid, settings: Settings | None = None) -> ResultStore:
+    def run(what: Grid | list[Experiment], settings: Settings | None = None) -> ResultStore:
         store = ResultStore(folder)
-        counts = run_grid(grid, store, settings or Settings(), progress=False)
+        if isinstance(what, Grid):
+            what = [Experiment("gate", what, (settings or Settings(),))]
+        counts = run_experiments(what, store, env=ExecEnv(progress=False), progress=False)
         assert counts["errors"] == 0, store.read()["error"].dropna().tolist()
         return store
 

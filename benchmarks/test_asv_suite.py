@@ -45,14 +45,14 @@ def test_every_benchmark_class_is_checked() -> None:
         for _, cls in inspect.getmembers(module, inspect.isclass)
         if cls.__module__ == module.__name__
     }
-    assert classes == {*CHEAPEST_PARAMS, bench_methods.Methods}
+    assert classes == {*CHEAPEST_PARAMS, bench_methods.Methods, bench_methods.DepthwiseMethods}
 
 
 def test_methods_and_repairs_come_from_the_registries() -> None:
     assert bench_methods.Methods.params[0] == list_methods()
-    assert bench_phases.SelectPhase.params[0] == [
-        m for m in list_methods() if not get_method_class(m).needs
-    ]
+    data_free = [m for m in list_methods() if not get_method_class(m).needs]
+    assert bench_phases.SelectPhase.params[0] == data_free
+    assert bench_methods.DepthwiseMethods.params[0] == data_free
     assert bench_phases.RepairPhase.params[0] == [r for r in list_repairs() if r != "none"]
 
 

@@ -1,11 +1,14 @@
-"""Accuracy gates against the recorded reference (benchmarks/reference/resnet20_cifar10jpeg.csv).
+"""Accuracy gates against the recorded references (benchmarks/reference/MODEL_DATASET.csv).
 
 A method fails when its top-1 falls below its reference by more than REFLOW_GATE_TOLERANCE points
 (default 0.5; CPU runs here are deterministic to far better than that). The suite also fails when
-the reference and the registry disagree on the set of methods, or when a default setting or
-option changed value since the reference was recorded (the row identity holds only non-default
-values, so this compares the stored full configs): `python benchmarks/make_reference.py`.
-By default the gates run sparsity 0.7; REFLOW_GATE_SPARSITIES=0.4,0.9 or =all runs more.
+a reference and the registry disagree on the set of methods, or when a default setting or option
+changed value since the reference was recorded (the row identity holds only non-default values,
+so this compares the stored full configs): `python benchmarks/make_reference.py`.
+
+By default the gates run each reference's CI part (ResNet-20: every method at 0.7; MobileNetV1:
+four cheap methods at 0.8). REFLOW_GATE_SPARSITIES=0.4,0.9 or =all and REFLOW_GATE_METHODS=all
+(or a comma list) run more.
 """
 
 from __future__ import annotations
@@ -15,56 +18,75 @@ import os
 
 import pandas as pd
 import pytest
-from make_reference import REFERENCE, SPARSITIES, reference_grid
+from make_reference import REFERENCES, SPARSITIES, Reference
 from reflow.baselines import list_methods
 
 pytestmark = [pytest.mark.accuracy, pytest.mark.slow]
 
 TOLERANCE = float(os.environ.get("REFLOW_GATE_TOLERANCE", "0.5"))
-_chosen = os.environ.get("REFLOW_GATE_SPARSITIES", "0.7")
-GATE_SPARSITIES = SPARSITIES if _chosen == "all" else tuple(float(s) for s in _chosen.split(","))
+_SPARSITIES = os.environ.get("REFLOW_GATE_SPARSITIES")
+_METHODS = os.environ.get("REFLOW_GATE_METHODS")
 
 
-@pytest.fixture(scope="module")
-def reference() -> pd.DataFrame:
-    return pd.read_csv(REFERENCE)
+def gate_sparsities(reference: Reference) -> tuple[float, ...]:
+    if _SPARSITIES is None:
+        return reference.ci_sparsities
+    return SPARSITIES if _SPARSITIES == "all" else tuple(float(s) for s in _SPARSITIES.split(","))
 
 
-@pytest.fixture(scope="module")
-def measured(run_rows) -> pd.DataFrame:
-    return run_rows(reference_grid(sparsities=GATE_SPARSITIES)).read()
+def gate_methods(reference: Reference) -> tuple[str, ...] | None:
+    if _METHODS is None:
+        return reference.ci_methods
+    return None if _METHODS == "all" else tuple(_METHODS.split(","))
 
 
-def test_reference_and_registry_name_the_same_methods(reference) -> None:
-    recorded, registered = set(reference.method), set(list_methods())
+#: ResNet-20's gate sparsities (the other gates share its rows).
+GATE_SPARSITIES = gate_sparsities(REFERENCES["resnet20"])
+
+
+@pytest.fixture(scope="module", params=sorted(REFERENCES))
+def gated(request, run_rows) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(recorded, measured) rows of one reference's gated part."""
+    reference = REFERENCES[request.param]
+    recorded = reference.read()
+    experiments = reference.subset(gate_sparsities(reference), gate_methods(reference))
+    measured = run_rows(experiments).read()
+    measured = measured[measured.model == reference.model]
+    return recorded, measured
+
+
+@pytest.mark.parametrize("model", sorted(REFERENCES))
+def test_reference_and_registry_name_the_same_methods(model) -> None:
+    recorded, registered = set(REFERENCES[model].read().method), set(list_methods())
     assert recorded == registered, (
-        f"only in the reference: {sorted(recorded - registered)}; only registered: "
+        f"{model}: only in the reference: {sorted(recorded - registered)}; only registered: "
         f"{sorted(registered - recorded)}; regenerate with `python benchmarks/make_reference.py`"
     )
 
 
-@pytest.mark.parametrize("repair", ["none", "reflow"])
-@pytest.mark.parametrize("method", list_methods())
-def test_accuracy_not_below_reference(method, repair, reference, measured) -> None:
-    for sparsity in GATE_SPARSITIES:
-        ref = reference[
-            (reference.method == method)
-            & (reference.repair == repair)
-            & (reference.sparsity == sparsity)
+def test_accuracy_not_below_reference(gated) -> None:
+    recorded, measured = gated
+    assert len(measured), "the gate ran no row"
+    failures = []
+    for row in measured.itertuples():
+        ref = recorded[
+            (recorded.method == row.method)
+            & (recorded.repair == row.repair)
+            & (recorded.sparsity == row.sparsity)
+            & (recorded.config_hash == row.config_hash)
         ]
-        now = measured[
-            (measured.method == method)
-            & (measured.repair == repair)
-            & (measured.sparsity == sparsity)
-        ]
-        assert len(ref) == 1, f"no reference row for {method}+{repair} at {sparsity}"
-        assert len(now) == 1
-        assert now.config_hash.iloc[0] == ref.config_hash.iloc[0]
-        changed = changed_defaults(ref.config.iloc[0], now.config.iloc[0])
-        assert not changed, f"defaults changed since the reference was recorded: {changed}"
-        top1, expected = float(now.top1.iloc[0]), float(ref.top1.iloc[0])
-        print(f"{method}+{repair} @ {sparsity}: measured {top1:.2f}, reference {expected:.2f}")
-        assert top1 >= expected - TOLERANCE
+        label = f"{row.model} {row.method}+{row.repair} @ {row.sparsity}"
+        if len(ref) != 1:
+            failures.append(f"{label}: no reference row with config {row.config_hash}")
+            continue
+        changed = changed_defaults(ref.config.iloc[0], row.config)
+        if changed:
+            failures.append(f"{label}: defaults changed since the reference: {changed}")
+        expected = float(ref.top1.iloc[0])
+        print(f"{label}: measured {row.top1:.2f}, reference {expected:.2f}")
+        if row.top1 < expected - TOLERANCE:
+            failures.append(f"{label}: {row.top1:.2f} < reference {expected:.2f} - {TOLERANCE}")
+    assert not failures, "\n".join(failures)
 
 
 def changed_defaults(recorded: str, current: str) -> dict:

@@ -2,24 +2,34 @@
 for all of them, asv's ``setup_cache``), and read by every track: selection and update seconds,
 the memory the selection adds, and the top-1 error (asv treats lower as better) with and without
 REFLOW. Methods come from the registry, so a new adapter is tracked without editing this file.
+The data-free methods are tracked the same way on MobileNetV1 (depthwise convolutions), where
+one-shot pruning collapses hardest.
 """
 
 from __future__ import annotations
 
-from .common import TRACK_EVAL_SAMPLES, method_names, real_setup, settings
+from .common import (
+    DEPTHWISE_MODEL,
+    REAL_MODEL,
+    TRACK_EVAL_SAMPLES,
+    data_free_methods,
+    method_names,
+    real_setup,
+    settings,
+)
 
 SPARSITY = 0.8
 
 
-def measure_every_method() -> dict[str, dict[str, float]]:
+def measure_methods(model: str, methods: list[str]) -> dict[str, dict[str, float]]:
     from reflow import baselines
     from reflow.harness import evaluate_phase, repair_phase, select_phase
     from reflow.timing import PhaseTimer
 
-    env = real_setup()
+    env = real_setup(model)
     quiet = settings(probe_samples=0, eval_samples=TRACK_EVAL_SAMPLES)
     out = {}
-    for name in method_names():
+    for name in methods:
         timer = PhaseTimer()
         method = baselines.get_method(name, quiet.options.get(name))
         model, result = select_phase(env, method, SPARSITY, 0, quiet, timer)
@@ -42,7 +52,7 @@ class Methods:
     timeout = 120
 
     def setup_cache(self) -> dict[str, dict[str, float]]:
-        return measure_every_method()
+        return measure_methods(REAL_MODEL, method_names())
 
     setup_cache.timeout = 3600
 
@@ -70,3 +80,14 @@ class Methods:
         return round(measured[method]["error_reflow"], 4)
 
     track_top1_error_reflow.unit = "%"
+
+
+class DepthwiseMethods(Methods):
+    """The same tracks for the data-free methods on MobileNetV1."""
+
+    params = (data_free_methods(),)
+
+    def setup_cache(self) -> dict[str, dict[str, float]]:
+        return measure_methods(DEPTHWISE_MODEL, data_free_methods())
+
+    setup_cache.timeout = 1200

@@ -17,6 +17,8 @@ ASV_METHOD_OPTIONS: dict[str, dict[str, str]] = {
     "mfac": {"steps": "4"},
 }
 REAL_MODEL, REAL_DATASET = "resnet20", "cifar10-jpeg"
+#: The depthwise network of the paper's MobileNet rows, tracked with the data-free methods.
+DEPTHWISE_MODEL = "mobilenet_v1"
 SYNTHETIC_MODELS = ("resnet50", "mobilenet_v2")
 #: Accuracy tracks read the first 2,000 images of the fixed class-mixed test order (the same
 #: images at every commit); the reference gates check the whole split.
@@ -52,11 +54,11 @@ def data_free_methods() -> list[str]:
 
 
 @cache
-def real_setup():
+def real_setup(model: str = REAL_MODEL):
     from reflow.harness import load_setup
 
     ensure_home()
-    return load_setup(REAL_MODEL, REAL_DATASET)
+    return load_setup(model, REAL_DATASET)
 
 
 def settings(**changes):
