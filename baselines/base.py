@@ -18,6 +18,7 @@ from torch import nn
 from reflow.data import Batch
 from reflow.errors import ReflowError
 from reflow.masks import Masks, Pattern, global_masks, pattern_masks, prunable_parameters
+from reflow.memory import MemoryNeed
 from reflow.options import NoConfig, describe_config, make_config, option
 from reflow.timing import PhaseTimer
 
@@ -114,6 +115,12 @@ class Method(ABC):
 
     def applies_to(self, model: nn.Module) -> str | None:
         """None when the method can prune ``model``, else the reason it cannot (one line)."""
+        return None
+
+    def memory_needed(self, model: nn.Module, scope: str) -> MemoryNeed | None:
+        """The largest allocation pruning ``model``'s ``scope`` weights makes, from shapes and
+        options alone (None: nothing large), so a row that cannot fit is refused before any row
+        of a sweep runs. ``model`` may be an unweighted build."""
         return None
 
     @abstractmethod

@@ -16,7 +16,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from reflow.errors import ReflowError
-from reflow.memory import require_memory
+from reflow.memory import MemoryNeed
 from reflow.options import option
 
 
@@ -136,6 +136,25 @@ class GradientMatrix:
         }
 
 
+def gradient_matrix_need(
+    params: dict[str, nn.Parameter],
+    count: int,
+    dtype: torch.dtype,
+    limit_gb: float | None = None,
+    owner: str = "",
+) -> MemoryNeed:
+    """The memory G of ``count`` gradients over ``params`` takes."""
+    total = sum(p.numel() for p in params.values())
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return MemoryNeed(
+        total * count * itemsize,
+        f"the gradient matrix ({count:,} gradients × {total:,} weights, {dtype})",
+        f"{owner}.num_grads" if owner else "the number of gradients",
+        limit_gb,
+        f"{owner}.memory_limit_gb" if owner else None,
+    )
+
+
 def gradient_matrix(
     model: nn.Module,
     params: dict[str, nn.Parameter],
@@ -152,17 +171,9 @@ def gradient_matrix(
     (a pruned weight's column is zero, so it never re-enters)."""
     x, y = batch
     count = x.shape[0] // group
+    gradient_matrix_need(params, count, dtype, limit_gb, owner).check(device)
     numels = [p.numel() for p in params.values()]
     total = sum(numels)
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    require_memory(
-        total * count * itemsize,
-        f"the gradient matrix ({count:,} gradients × {total:,} weights, {dtype})",
-        f"{owner}.num_grads" if owner else "the number of gradients",
-        device,
-        limit_gb,
-        f"{owner}.memory_limit_gb" if owner else None,
-    )
     offsets = [0]
     for n in numels:
         offsets.append(offsets[-1] + n)

@@ -29,8 +29,8 @@ from torch import nn
 
 from reflow.data import Batch
 from reflow.errors import ReflowError
-from reflow.masks import Pattern, global_masks, pattern_fits
-from reflow.memory import require_memory
+from reflow.masks import Pattern, global_masks, pattern_fits, prunable_parameters
+from reflow.memory import MemoryNeed
 from reflow.timing import PhaseTimer
 
 INPUT_MODES = ("dense", "sequential")
@@ -176,6 +176,31 @@ def hessian_bytes(modules: Iterable[nn.Module], dtype: torch.dtype, diagonal_onl
     return total
 
 
+def hessians_need(
+    modules: Iterable[nn.Module],
+    inputs: str,
+    dtype: torch.dtype,
+    diagonal_only: bool,
+    limit_gb: float | None = None,
+    owner: str = "",
+) -> MemoryNeed:
+    """The Hessians held at once: every layer's with dense inputs, the largest one's with
+    sequential inputs."""
+    modules = list(modules)
+    nbytes = (
+        hessian_bytes(modules, dtype, diagonal_only)
+        if inputs == "dense"
+        else max(hessian_bytes([m], dtype, diagonal_only) for m in modules)
+    )
+    return MemoryNeed(
+        nbytes,
+        f"the layer Hessians ({inputs} inputs, {dtype})",
+        f"{owner}.hessian_dtype (float32) or use {owner}.inputs=sequential",
+        limit_gb,
+        f"{owner}.memory_limit_gb" if owner else None,
+    )
+
+
 @torch.no_grad()
 def capture(
     model: nn.Module,
@@ -254,19 +279,7 @@ def run_layerwise(
     timer = timer or PhaseTimer(device)
     modules = prunable_modules(model, params)
     order = execution_order(model, modules, batches[0][0].to(device))
-    need = (
-        hessian_bytes(modules.values(), dtype, diagonal_only)
-        if inputs == "dense"
-        else max(hessian_bytes([m], dtype, diagonal_only) for m in modules.values())
-    )
-    require_memory(
-        need,
-        f"the layer Hessians ({inputs} inputs, {dtype})",
-        f"{owner}.hessian_dtype (float32) or use {owner}.inputs=sequential",
-        device,
-        limit_gb,
-        f"{owner}.memory_limit_gb" if owner else None,
-    )
+    hessians_need(modules.values(), inputs, dtype, diagonal_only, limit_gb, owner).check(device)
     facts = {}
     if inputs == "dense":
         hessians = {n: LayerHessian(modules[n], dtype, diagonal_only) for n in order}
@@ -295,6 +308,18 @@ class LayerwiseMethod(Method):
     supports_pattern = True
     #: Whether only diag(H) is needed (Wanda).
     diagonal_only: ClassVar[bool] = False
+
+    def memory_needed(self, model: nn.Module, scope: str) -> MemoryNeed:
+        cfg = self.config
+        modules = prunable_modules(model, prunable_parameters(model, scope))
+        return hessians_need(
+            modules.values(),
+            cfg.inputs,
+            DTYPES[cfg.hessian_dtype],
+            self.diagonal_only,
+            cfg.memory_limit_gb,
+            self.name,
+        )
 
     @abstractmethod
     def solve_layer(

@@ -32,8 +32,8 @@ from reflow.baselines.registry import register
 from torch import nn
 
 from reflow.errors import ReflowError
-from reflow.masks import count_to_prune, lowest_k
-from reflow.memory import require_memory
+from reflow.masks import count_to_prune, lowest_k, prunable_parameters
+from reflow.memory import MemoryNeed
 
 ALGORITHMS = ("cholesky", "recursion")
 
@@ -70,20 +70,24 @@ class Mfac(Method):
     updates_weights = True
     Config = MfacConfig
 
-    def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> PruneResult:
+    def memory_needed(self, model: nn.Module, scope: str) -> MemoryNeed:
         cfg = self.config
-        params = ctx.prunable(model)
-        layout = BlockLayout.of(params, cfg.block_size)
-        padding = layout.padding(ctx.device)
-        require_memory(
+        layout = BlockLayout.of(prunable_parameters(model, scope), cfg.block_size)
+        return MemoryNeed(
             layout.num_blocks * layout.block_size * cfg.num_grads * 8 * 3,
             f"M-FAC's gradient blocks ({layout.num_blocks:,} blocks × {cfg.num_grads} gradients × "
             f"{cfg.block_size} weights, float64, with its factors)",
             f"{self.name}.num_grads or {self.name}.block_size",
-            ctx.device,
             cfg.memory_limit_gb,
             f"{self.name}.memory_limit_gb",
         )
+
+    def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> PruneResult:
+        cfg = self.config
+        self.memory_needed(model, ctx.scope).check(ctx.device)
+        params = ctx.prunable(model)
+        layout = BlockLayout.of(params, cfg.block_size)
+        padding = layout.padding(ctx.device)
         sample = ctx.require_train_sample(self.name)
         per_step = cfg.num_grads * cfg.grad_batch_size
         with ctx.timer.phase("collect"):

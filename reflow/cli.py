@@ -280,7 +280,7 @@ def _run(experiments: list[Experiment], args: argparse.Namespace) -> int:
     """Validate everything, then open the store and run: bad input writes nothing."""
     env, executor = _env(args), _executor(args, args.out)
     load_plugins(env.plugins)
-    validate(experiments, args.data_root)
+    validate(experiments, args.data_root, env.device)
     executor.check()
     start, store = time.perf_counter(), ResultStore(args.out)
     counts = run_experiments(experiments, store, executor, env, progress=not args.no_progress)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 
 import torch
 
@@ -32,15 +33,15 @@ def require_memory(
     nbytes: int,
     what: str,
     lower: str,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = "cpu",
     limit_gb: float | None = None,
     limit_option: str | None = None,
 ) -> None:
-    """Raise a `ReflowError` when ``nbytes`` exceed the configured limit or the free memory.
+    """Raise a `ReflowError` when ``nbytes`` exceed the configured limit or the free memory of
+    ``device`` (None: the limit only).
 
     ``what`` names the allocation with its shape; ``lower`` names the option(s) that shrink it.
     """
-    device = torch.device(device)
     need = nbytes / GiB
     if limit_gb is not None and need > limit_gb:
         raise ReflowError(
@@ -49,11 +50,29 @@ def require_memory(
             + f"; lower {lower}"
             + (f" or raise {limit_option}" if limit_option else "")
         )
+    if device is None:
+        return
+    device = torch.device(device)
     free = available_bytes(device)
     if free is not None and nbytes > free:
         raise ReflowError(
             f"{what} needs {need:.1f} GiB but {device} has {free / GiB:.1f} GiB free; lower {lower}"
         )
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    """The largest allocation a method will make, known from shapes and options alone: checked
+    when the method runs and, before any row runs, when the sweep is planned."""
+
+    nbytes: int
+    what: str
+    lower: str
+    limit_gb: float | None = None
+    limit_option: str | None = None
+
+    def check(self, device: torch.device | str | None = "cpu") -> None:
+        require_memory(self.nbytes, self.what, self.lower, device, self.limit_gb, self.limit_option)
 
 
 def resident_bytes() -> int:

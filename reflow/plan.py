@@ -73,8 +73,14 @@ class Task:
         return f"{self.setup.model} {self.method} s={self.sparsity:g} seed={self.seed}"
 
 
-def validate(experiments: list[Experiment], data_root: Path | None = None) -> None:
-    """Raise on anything that would make a row fail for a reason known before it runs."""
+def validate(
+    experiments: list[Experiment], data_root: Path | None = None, device: str = "auto"
+) -> None:
+    """Raise on anything that would make a row fail for a reason known before it runs.
+
+    Memory a method would need is checked against its configured limit, and against the free
+    memory of this machine when ``device`` is ``cpu`` (the driver never touches a GPU)."""
+    host = "cpu" if device == "cpu" else None
     for experiment in experiments:
         grid = experiment.grid
         grid.validate()
@@ -84,7 +90,7 @@ def validate(experiments: list[Experiment], data_root: Path | None = None) -> No
             if pattern:
                 _check_pattern(grid, pattern)
             for model in grid.models:
-                _check_model(model, grid, settings)
+                _check_model(model, grid, settings, host)
         for model, checkpoint, dataset in itertools.product(
             grid.models, grid.checkpoints, grid.datasets
         ):
@@ -146,7 +152,7 @@ def unweighted(model: str) -> nn.Module:
     return entry.build(entry.num_classes)
 
 
-def _check_model(model: str, grid: Grid, settings: Settings) -> None:
+def _check_model(model: str, grid: Grid, settings: Settings, host: str | None = None) -> None:
     arch = unweighted(model)
     params = prunable_parameters(arch, settings.scope)
     if not params:
@@ -165,6 +171,11 @@ def _check_model(model: str, grid: Grid, settings: Settings) -> None:
         method = baselines.get_method(name, settings.options.get(name))
         if reason := method.applies_to(arch):
             raise ReflowError(f"method {name} cannot run on {model}: {reason}")
+        if need := method.memory_needed(arch, settings.scope):
+            try:
+                need.check(host)
+            except ReflowError as exc:
+                raise ReflowError(f"method {name} on {model}: {exc}") from None
 
 
 def row_config_hash(method: str, repair: str, settings: Settings) -> str:

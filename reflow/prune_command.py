@@ -45,7 +45,7 @@ def prune_and_save(
 ) -> dict[str, Any]:
     """Run the phases, write the files, return the card."""
     grid = Grid((model,), (dataset,), (method,), (repair,), (sparsity,), (seed,), (checkpoint,))
-    validate([Experiment("prune", grid, (settings,))], data_root)
+    validate([Experiment("prune", grid, (settings,))], data_root, device)
     setup = load_setup(
         model, dataset, checkpoint, pick_device(device), data_root, dense_bn=settings.dense_bn
     )

@@ -27,7 +27,7 @@ def run_experiments(
     """Run every row of ``experiments`` not already finished in ``store``; returns counts."""
     env = env or ExecEnv()
     load_plugins(env.plugins)
-    validate(experiments, Path(env.data_root) if env.data_root else None)
+    validate(experiments, Path(env.data_root) if env.data_root else None, env.device)
     executor = executor or get_executor("serial")
     executor.check()
     todo = plan(experiments, store.finished())

@@ -65,6 +65,39 @@ def test_a_repair_that_cannot_apply_is_refused_before_any_row(tmp_path, no_loadi
         run_grid(grid, ResultStore(tmp_path), FAST, progress=False)
 
 
+@pytest.mark.parametrize(
+    ("method", "options", "message"),
+    [
+        (
+            "chita_u",
+            {"num_grads": "2000", "memory_limit_gb": "0.5"},
+            r"2,000 gradients × 268,336 weights.*needs 4.0 GiB",
+        ),
+        ("cbs_s", {"num_grads": "2000", "memory_limit_gb": "0.5"}, r"lower cbs_s.num_grads"),
+        ("mfac", {"num_grads": "500", "memory_limit_gb": "0.1"}, r"M-FAC's gradient blocks"),
+        ("obc", {"inputs": "dense", "memory_limit_gb": "0.0001"}, r"obc.inputs=sequential"),
+    ],
+)
+def test_memory_a_method_cannot_have_is_refused_before_any_row(
+    tmp_path, no_loading, method, options, message
+) -> None:
+    grid = dataclasses.replace(GRID, methods=(method,))
+    settings = dataclasses.replace(FAST, options={method: options})
+    with pytest.raises(ReflowError, match=f"method {method} on resnet20: .*{message}"):
+        run_grid(grid, ResultStore(tmp_path), settings, progress=False)
+    assert ResultStore(tmp_path).count() == 0
+
+
+def test_free_memory_is_checked_when_the_device_is_the_cpu(monkeypatch, no_loading) -> None:
+    from reflow import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 2**20)
+    grid = dataclasses.replace(GRID, methods=("chita_u",))
+    with pytest.raises(ReflowError, match=r"but cpu has 0.0 GiB free"):
+        validate([Experiment("x", grid, (FAST,))], device="cpu")
+    validate([Experiment("x", grid, (FAST,))], device="auto")  # a worker's GPU: limit only
+
+
 def test_missing_data_is_reported_before_any_row(tmp_path, no_loading) -> None:
     grid = dataclasses.replace(GRID, datasets=("cifar10-jpeg",))
     with pytest.raises(ReflowError, match="data folder not found"):
