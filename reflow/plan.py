@@ -252,6 +252,29 @@ def plan(experiments: list[Experiment], finished: set[tuple]) -> Plan:
     return result
 
 
+def _search_key(task: Task) -> tuple | None:
+    """What the tasks sharing one family search have in common (None: no family)."""
+    family = baselines.get_method_class(task.method).selection_family
+    if family is None:
+        return None
+    options = task.settings.options.get(task.method, {})
+    return (family, task.setup, repr(task.settings), task.sparsity, task.seed, repr(options))
+
+
+def family_batches(tasks: list[Task]) -> list[tuple[Task, ...]]:
+    """Tasks in batches that must run in one process: adjacent members of a selection family
+    with the same set-up, settings, sparsity and seed share one search (`reflow.harness`), so a
+    distributed executor ships them to one worker together. Other tasks are batches of one."""
+    batches: list[list[Task]] = []
+    for task in tasks:
+        key = _search_key(task)
+        if batches and key is not None and _search_key(batches[-1][-1]) == key:
+            batches[-1].append(task)
+        else:
+            batches.append([task])
+    return [tuple(b) for b in batches]
+
+
 def family_order(tasks: list[Task]) -> list[Task]:
     """Tasks with the members of a selection family (chita_s and chita_u, …) side by side for
     each sparsity and seed, so the harness runs their shared search once; otherwise the order

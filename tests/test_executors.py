@@ -119,6 +119,33 @@ def test_dask_resumes_only_the_missing_tasks(tmp_path) -> None:
     assert store.count() == 8 and not store.read()[list(KEY)].duplicated().any()
 
 
+FAMILY = Grid(("resnet20",), ("synthetic",), ("chita_s", "chita_u"), ("none",), (0.5, 0.8))
+SMALL_CHITA = {"num_grads": "8", "iterations": "3"}
+
+
+@pytest.mark.parametrize("executor", ["dask", "submitit"])
+def test_a_family_search_runs_once_on_a_distributed_executor(tmp_path, executor) -> None:
+    settings = Settings(
+        **{**vars(FAST), "options": {"chita_s": SMALL_CHITA, "chita_u": SMALL_CHITA}}
+    )
+    chosen = get_executor(
+        executor,
+        {"workers": "2", "threads": "1"}
+        if executor == "dask"
+        else {"folder": str(tmp_path / "jobs"), "cluster": "local", "poll_seconds": "0.5"},
+    )
+    store = ResultStore(tmp_path / "store")
+    counts = run_experiments(
+        [Experiment("x", FAMILY, (settings,))], store, chosen, ExecEnv("cpu"), progress=False
+    )
+    assert counts["ran"] == 4 and counts["errors"] == 0
+    frame = store.read()
+    assert (frame.info_selection_shared == 1).all()
+    for _, pair in frame.groupby("sparsity"):
+        assert pair.worker.nunique() == 1  # both members ran in the process that searched
+        assert pair.t_collect.nunique() == 1  # one search, its measured time replayed
+
+
 def test_submitit_local_shards_merge_and_skip(tmp_path) -> None:
     store = ResultStore(tmp_path / "store")
     folder = tmp_path / "store" / "submitit"

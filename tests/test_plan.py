@@ -12,7 +12,7 @@ from reflow.errors import ReflowError
 from reflow.harness import Grid, run_grid
 from reflow.identity import config_hash, identity
 from reflow.options import option
-from reflow.plan import Experiment, plan, row_config_hash, validate
+from reflow.plan import Experiment, family_batches, plan, row_config_hash, validate
 from reflow.repairs import get_repair
 from reflow.results import ResultStore
 from reflow.settings import Settings
@@ -173,3 +173,22 @@ def test_family_members_are_planned_side_by_side() -> None:
         ("mp", 0.5),
         ("mp", 0.8),
     ]
+
+
+def test_family_members_are_batched_for_one_worker() -> None:
+    grid = Grid(
+        ("resnet20",),
+        ("synthetic",),
+        ("mp", "chita_s", "cbs_u", "chita_u", "cbs_s"),
+        ("none",),
+        (0.5, 0.8),
+    )
+    batches = family_batches(plan([Experiment("x", grid, (FAST,))], set()).tasks)
+    shapes = [tuple((t.method, t.sparsity) for t in batch) for batch in batches]
+    assert (("chita_s", 0.5), ("chita_u", 0.5)) in shapes
+    assert (("cbs_s", 0.8), ("cbs_u", 0.8)) in shapes
+    assert (("mp", 0.5),) in shapes and len(batches) == 6
+    # members with different options run different searches: not batched
+    options = {"chita_s": {"num_grads": "8"}}
+    apart = plan([Experiment("x", grid, (dataclasses.replace(FAST, options=options),))], set())
+    assert all(len(b) == 1 or b[0].method.startswith("cbs") for b in family_batches(apart.tasks))

@@ -7,7 +7,8 @@ The pitfalls this handles: workers are not daemonic (a data loader spawns childr
 of being rerun on every worker in turn; Dask starts workers with OMP_NUM_THREADS=1, so each task
 sets torch's thread count itself (and the local cluster's environment says the same); the driver
 never touches CUDA (devices are resolved in the workers). Everything binds to 127.0.0.1 unless an
-existing scheduler is named.
+existing scheduler is named. The members of a selection family (chita_s and chita_u at one
+sparsity, …) go to one worker as one Dask task, so their shared search still runs once.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from reflow.errors import ReflowError
 from reflow.execute import ExecEnv, RowResult, execute
 from reflow.executors.base import Executor, crash_rows, register
 from reflow.options import option
-from reflow.plan import Task
+from reflow.plan import Task, family_batches
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,12 @@ class DaskConfig:
             raise ReflowError("allowed_failures must be >= 0")
 
 
-def run_in_worker(task: Task, env: ExecEnv, threads: int) -> list[RowResult]:
-    """The function every Dask task runs: this worker's thread count, then the task."""
+def run_in_worker(batch: tuple[Task, ...], env: ExecEnv, threads: int) -> list[list[RowResult]]:
+    """The function every Dask task runs: this worker's thread count, then the batch's tasks."""
     import torch
 
     torch.set_num_threads(threads)
-    return execute(task, env)
+    return [execute(task, env) for task in batch]
 
 
 @register
@@ -110,26 +111,26 @@ class DaskExecutor(Executor):
             futures = {
                 self._client.submit(
                     run_in_worker,
-                    task,
+                    batch,
                     env,
                     self.config.threads,
                     pure=False,
                     key=f"reflow-task-{i}",
-                ): task
-                for i, task in enumerate(tasks)
+                ): batch
+                for i, batch in enumerate(family_batches(tasks))
             }
             for future in as_completed(futures):
-                task = futures[future]
+                batch = futures[future]
                 try:
-                    rows = future.result()
+                    results = future.result()
                 except Exception as exc:  # KilledWorker, a lost connection, …
                     reason = type(exc).__name__
                     if reason == "KilledWorker":
                         reason = "the worker running this task died (KilledWorker)"
-                    rows = crash_rows(task, f"{reason}: {exc}"[:500])
+                    results = [crash_rows(task, f"{reason}: {exc}"[:500]) for task in batch]
                 finally:
                     future.release()
-                yield task, rows
+                yield from zip(batch, results, strict=True)
 
     def close(self) -> None:
         if self._client is not None:

@@ -4,7 +4,8 @@ Each array task runs one reflow task and writes its rows to a shard file atomica
 once if the shard already exists (so preemption and requeue are safe). The driver, while it
 waits, folds each finished shard into the database; with ``wait=false`` it submits and returns,
 and ``reflow merge DIR`` folds the shards later (deduplicating by row key). ``cluster=local``
-runs the jobs as local processes (what the tests use) and ``debug`` in this process.
+runs the jobs as local processes (what the tests use) and ``debug`` in this process. The members
+of a selection family go to one array task (one shard each), so their shared search runs once.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from reflow.execute import ExecEnv, RowResult, execute
 from reflow.executors.base import Executor, crash_rows, register
 from reflow.executors.shards import read_shard, shard_name, write_shard
 from reflow.options import option
-from reflow.plan import Task
+from reflow.plan import Task, family_batches
 
 CLUSTERS = ("slurm", "local", "debug")
 
@@ -44,16 +45,18 @@ class SubmititConfig:
             raise ReflowError("threads and timeout_min must be at least 1")
 
 
-def run_shard(task: Task, env: ExecEnv, shard: str, threads: int) -> str:
-    """One array task: its rows into ``shard``, unless a previous attempt already wrote them."""
-    path = Path(shard)
-    if path.is_file():
-        return "already done"
+def run_shard(batch: tuple[Task, ...], env: ExecEnv, shards: list[str], threads: int) -> str:
+    """One array task: each task's rows into its shard, unless an earlier attempt wrote it."""
     import torch
 
     torch.set_num_threads(threads)
-    write_shard(path, execute(task, env))
-    return "done"
+    done = 0
+    for task, shard in zip(batch, shards, strict=True):
+        path = Path(shard)
+        if not path.is_file():
+            write_shard(path, execute(task, env))
+            done += 1
+    return f"{done} of {len(batch)} tasks run"
 
 
 @register
@@ -101,26 +104,30 @@ class SubmititExecutor(Executor):
         if not todo:
             return
         executor = self._executor()
-        paths = [str(self.shards / shard_name(t)) for t in todo]
+        batches = family_batches(todo)
+        paths = [[str(self.shards / shard_name(t)) for t in batch] for batch in batches]
         jobs = executor.map_array(
-            run_shard, todo, [env] * len(todo), paths, [self.config.threads] * len(todo)
+            run_shard, batches, [env] * len(batches), paths, [self.config.threads] * len(batches)
         )
         if not self.config.wait:
             print(f"submitted {len(jobs)} array tasks; fold their rows in with `reflow merge`")
             return
-        pending = dict(zip(jobs, todo, strict=True))
+        pending = dict(zip(jobs, batches, strict=True))
         while pending:
             for job in [j for j in pending if j.done()]:
-                task = pending.pop(job)
-                path = self.shards / shard_name(task)
-                if path.is_file():
-                    yield task, read_shard(path)
-                else:
-                    try:
-                        job.result()
-                        reason = f"job {job.job_id} finished without writing its shard"
-                    except Exception as exc:
-                        reason = f"job {job.job_id} failed: {type(exc).__name__}: {exc}"
-                    yield task, crash_rows(task, reason[:500])
+                batch = pending.pop(job)
+                failure = None
+                for task in batch:
+                    path = self.shards / shard_name(task)
+                    if path.is_file():
+                        yield task, read_shard(path)
+                        continue
+                    if failure is None:
+                        try:
+                            job.result()
+                            failure = f"job {job.job_id} finished without writing its shard"
+                        except Exception as exc:
+                            failure = f"job {job.job_id} failed: {type(exc).__name__}: {exc}"
+                    yield task, crash_rows(task, failure[:500])
             if pending:
                 time.sleep(self.config.poll_seconds)
