@@ -60,9 +60,9 @@ def expand_config(frame: pd.DataFrame) -> pd.DataFrame:
     """Add the harness settings stored in the ``config`` JSON as columns."""
     if frame.empty or "config" not in frame:
         return frame
-    settings = pd.DataFrame([json.loads(c) for c in frame["config"]], index=frame.index)
+    settings = pd.DataFrame([json.loads(c) for c in frame["config"]])
     keep = [c for c in settings.columns if c not in frame.columns and c != "method_config"]
-    return frame.join(settings[keep])
+    return frame.assign(**{c: settings[c].to_numpy() for c in keep})  # by position
 
 
 def with_defaults(frame: pd.DataFrame) -> pd.DataFrame:
@@ -77,17 +77,19 @@ def with_defaults(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[configs == chosen]
 
 
-def variant(method: str, repair: str, config: str | None) -> str:
+def variant(method: str, repair: str, config: str | None, options: bool = True) -> str:
     """What sets a row's configuration apart from the defaults, apart from the calibration
-    settings `with_defaults` already holds fixed: ``""`` or e.g. ``"scope=blocks"``."""
+    settings `with_defaults` already holds fixed: ``""`` or e.g. ``"scope=blocks"``; method and
+    repair options count unless ``options`` is False."""
     if not isinstance(config, str):
         return ""
     from reflow.identity import identity_of_stored_config
 
     ident = identity_of_stored_config(method, repair, json.loads(config))
     flat = {k: v for k, v in ident.items() if k not in DEFAULTS and not k.endswith("_config")}
-    for key in ("method_config", "repair_config"):
-        flat |= ident.get(key, {})
+    if options:
+        for key in ("method_config", "repair_config"):
+            flat |= ident.get(key, {})
     return ", ".join(f"{k}={v}" for k, v in sorted(flat.items()))
 
 

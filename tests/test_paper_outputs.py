@@ -8,7 +8,7 @@ import pytest
 from reflow.cli import main
 from reflow.errors import ReflowError
 from reflow.plots import layer_order_levels, plot_all
-from reflow.report import evaluate_claims, write_report
+from reflow.report import claim_rows, claim_variants, evaluate_claims, write_report
 from reflow.results import ResultStore
 from reflow.sweep import load_sweep, run_sweep
 from reflow.tables import expand_config
@@ -202,3 +202,41 @@ def test_cli_sweep_plot_report(tmp_path, capsys) -> None:
     assert "fig11" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "r"), "--out", str(tmp_path / "rep" / "r.md")]) == 0
     assert pd.io.common.file_exists(str(tmp_path / "rep" / "r.md"))
+
+
+def test_claims_use_the_default_configuration_or_the_one_a_sweep_ran(swept) -> None:
+    """Claims read default rows; a method that ran only with other options (CHITA with 250
+    gradients on MobileNet) is tested with those, and named; setting variants never mix in."""
+    import json
+
+    from reflow import baselines
+    from reflow.identity import full_config
+    from reflow.repairs import get_repair
+    from reflow.settings import Settings
+
+    frame = swept.read()
+    grid = frame[(frame.experiment == "grid") & (frame.method == "mp")]
+
+    def rows_of(name: str, options: dict, **settings) -> pd.DataFrame:
+        """The grid's mp rows, relabelled as ``name`` run with these options and settings."""
+        out = grid.copy()
+        method = baselines.get_method(name, options)
+        configs = {
+            r: json.dumps(full_config(method.config, get_repair(r).config, Settings(**settings)))
+            for r in out.repair.unique()
+        }
+        out["method"], out["config"] = name, out.repair.map(configs)
+        out["run_id"] = out.run_id + f"{name}{options}{settings}"
+        return out
+
+    mp = rows_of("mp", {})
+    only_variant = rows_of("chita_u", {"num_grads": "250"})
+    blocks = rows_of("chita_u", {}, scope="blocks")
+    rows, _ = claim_rows(pd.concat([mp, only_variant, blocks]), pd.DataFrame(), "resnet20")
+    assert len(rows[rows.method == "mp"]) == len(mp)
+    assert len(rows[rows.method == "chita_u"]) == len(only_variant)  # scope=blocks never mixed
+    assert claim_variants(rows) == {"chita_u": "num_grads=250"}
+    default = rows_of("chita_u", {})
+    rows, _ = claim_rows(pd.concat([mp, only_variant, default]), pd.DataFrame(), "resnet20")
+    assert claim_variants(rows) == {}
+    assert set(rows[rows.method == "chita_u"].run_id) == set(default.run_id)
