@@ -27,16 +27,15 @@ from reflow.baselines.base import Method, PruneContext, PruneResult, option
 from reflow.baselines.gradients import (
     GradientConfig,
     GradientMatrix,
+    GradientMatrixMemory,
     gradient_matrix,
-    gradient_matrix_need,
 )
 from reflow.baselines.lowrank import constrained_minimiser, gram_cholesky, inverse_diagonal, whiten
 from reflow.baselines.registry import register
 from torch import nn
 
 from reflow.errors import ReflowError
-from reflow.masks import count_to_prune, lowest_k, prunable_parameters
-from reflow.memory import MemoryNeed
+from reflow.masks import count_to_prune, lowest_k
 
 INITS = ("woodfisher", "magnitude")
 
@@ -211,17 +210,10 @@ def obs_update_through_g(
     return out
 
 
-class _Cbs(Method):
+class _Cbs(GradientMatrixMemory, Method):
     needs = frozenset({"train_data", "gradients"})
     selection_family = "cbs"
     Config = CbsConfig
-
-    def memory_needed(self, model: nn.Module, scope: str) -> MemoryNeed:
-        cfg = self.config
-        params = prunable_parameters(model, scope)
-        return gradient_matrix_need(
-            params, cfg.num_grads, torch.float64, cfg.memory_limit_gb, self.name
-        )
 
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> PruneResult:
         cfg = self.config

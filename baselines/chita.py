@@ -32,16 +32,15 @@ from reflow.baselines.base import Method, PruneContext, PruneResult, option
 from reflow.baselines.gradients import (
     GradientConfig,
     GradientMatrix,
+    GradientMatrixMemory,
     gradient_matrix,
-    gradient_matrix_need,
 )
 from reflow.baselines.lowrank import constrained_minimiser
 from reflow.baselines.registry import register
 from torch import nn
 
 from reflow.errors import ReflowError
-from reflow.masks import count_to_prune, lowest_k, prunable_parameters
-from reflow.memory import MemoryNeed
+from reflow.masks import count_to_prune, lowest_k
 
 SCHEDULES = ("poly", "exp", "linear", "const", "mfac")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -289,17 +288,13 @@ def chita_stage(
     return mask, new, info
 
 
-class _Chita(Method):
+class _Chita(GradientMatrixMemory, Method):
     needs = frozenset({"train_data", "gradients"})
     selection_family = "chita"
     Config = ChitaConfig
 
-    def memory_needed(self, model: nn.Module, scope: str) -> MemoryNeed:
-        cfg = self.config
-        params = prunable_parameters(model, scope)
-        return gradient_matrix_need(
-            params, cfg.num_grads, DTYPES[cfg.dtype], cfg.memory_limit_gb, self.name
-        )
+    def matrix_dtype(self) -> torch.dtype:
+        return DTYPES[self.config.dtype]
 
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> PruneResult:
         cfg = self.config

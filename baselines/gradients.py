@@ -16,6 +16,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from reflow.errors import ReflowError
+from reflow.masks import prunable_parameters
 from reflow.memory import MemoryNeed
 from reflow.options import option
 
@@ -153,6 +154,25 @@ def gradient_matrix_need(
         limit_gb,
         f"{owner}.memory_limit_gb" if owner else None,
     )
+
+
+class GradientMatrixMemory:
+    """Mixin for a method that holds G (``config.num_grads`` gradients over the scope's weights):
+    the memory guard's estimate, from shapes and options alone."""
+
+    def matrix_dtype(self) -> torch.dtype:
+        return torch.float64
+
+    def memory_needed(self, model: nn.Module, scope: str) -> MemoryNeed:
+        cfg = self.config  # type: ignore[attr-defined]
+        params = prunable_parameters(model, scope)
+        return gradient_matrix_need(
+            params,
+            cfg.num_grads,
+            self.matrix_dtype(),
+            cfg.memory_limit_gb,
+            self.name,  # type: ignore[attr-defined]
+        )
 
 
 def gradient_matrix(

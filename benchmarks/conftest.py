@@ -31,8 +31,10 @@ def shared_home() -> Path:
 @pytest.fixture(scope="session")
 def run_rows(shared_home: Path, tmp_path_factory: pytest.TempPathFactory):
     """Run a grid (or experiments) into one session store, shared by every gate, and return it:
-    rows that several gates need run once."""
-    folder = tmp_path_factory.mktemp("gates")
+    rows that several gates need run once. REFLOW_GATE_STORE=DIR keeps that store between
+    sessions (an interrupted gate run resumes; a rerun after a test-only change costs nothing)."""
+    kept = os.environ.get("REFLOW_GATE_STORE")
+    folder = Path(kept) if kept else tmp_path_factory.mktemp("gates")
 
     def run(what: Grid | list[Experiment], settings: Settings | None = None) -> ResultStore:
         store = ResultStore(folder)

@@ -369,11 +369,11 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 def _add_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", type=Path, help="results folder written by `reflow run`")
-    p.add_argument("--model", default=None)
-    p.add_argument("--dataset", default=None)
-    p.add_argument("--checkpoint", default=None)
-    p.add_argument("--method", type=_csv(str), default=None)
-    p.add_argument("--repair", type=_csv(str), default=None)
+    p.add_argument("--model", default=None, help="only rows of this model (default: all)")
+    p.add_argument("--dataset", default=None, help="only rows of this dataset (default: all)")
+    p.add_argument("--checkpoint", default=None, help="only rows of this checkpoint")
+    p.add_argument("--method", type=_csv(str), default=None, help="comma list of methods")
+    p.add_argument("--repair", type=_csv(str), default=None, help="comma list of repairs")
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
@@ -572,7 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="; ".join(f"{k}: {v}" for k, v in LAYOUTS.items()),
     )
     p.add_argument("--metric", default="top1", help="column to tabulate (top1, top5, loss, ...)")
-    p.add_argument("--digits", type=int, default=2)
+    p.add_argument("--digits", type=int, default=2, help="decimals shown")
     p.add_argument(
         "--by-repair", action="store_true", help="one table per repair, methods as columns"
     )
@@ -580,22 +580,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("collapse", help="layer-wise variance ratios and per-layer densities")
     _add_filters(p)
-    p.add_argument("--sparsity", type=float, required=True)
-    p.add_argument("--seed", type=_csv(int), default=None)
+    p.add_argument("--sparsity", type=float, required=True, help="the rows' target sparsity")
+    p.add_argument("--seed", type=_csv(int), default=None, help="comma list (default: all)")
     p.add_argument("--verbose", "-v", action="store_true", help="print every layer's density")
     p.set_defaults(func=_cmd_collapse)
 
     from reflow.plots import FIGURES
 
     p = sub.add_parser("plot", help="draw the paper figures from a results folder (PNG + PDF)")
-    p.add_argument("folder", type=Path)
-    p.add_argument("--out", type=Path, default=Path("figures"))
-    p.add_argument("--only", nargs="+", choices=list(FIGURES), default=None)
+    p.add_argument("folder", type=Path, help="results folder written by `reflow run`")
+    p.add_argument("--out", type=Path, default=Path("figures"), help="folder for the figures")
+    p.add_argument(
+        "--only", nargs="+", choices=list(FIGURES), default=None, help="draw only these figures"
+    )
     p.set_defaults(func=_cmd_plot)
 
     p = sub.add_parser("report", help="Markdown reproduction report with claims and figures")
-    p.add_argument("folder", type=Path)
-    p.add_argument("--out", type=Path, default=Path("report/report.md"))
+    p.add_argument("folder", type=Path, help="results folder written by `reflow run`")
+    p.add_argument(
+        "--out", type=Path, default=Path("report/report.md"), help="Markdown file to write"
+    )
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("export", help="write the store's tables as CSV (or parquet) files")

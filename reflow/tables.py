@@ -105,12 +105,29 @@ def labelled(frame: pd.DataFrame, with_repair: bool = True) -> pd.Series:
     return pd.Series(labels, index=frame.index)
 
 
+def registry_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows in the registries' order of methods, then repairs (unregistered names last), so
+    columns come out in the same order whatever order the rows were run in."""
+    from reflow.baselines import list_methods
+    from reflow.repairs import list_repairs
+
+    ranks = {
+        "method": {name: i for i, name in enumerate(list_methods())},
+        "repair": {name: i for i, name in enumerate(list_repairs())},
+    }
+    return frame.sort_values(
+        ["method", "repair"],
+        key=lambda column: column.map(lambda v: ranks[column.name].get(v, len(ranks[column.name]))),
+        kind="stable",
+    )
+
+
 def accuracy_table(
     frame: pd.DataFrame, metric: str = "top1", with_repair: bool = True
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Mean and std (over seeds) of ``metric``, sparsity rows × method[+repair] columns; rows
     of different configurations get different columns, never one average."""
-    frame = frame.assign(column=labelled(frame, with_repair))
+    frame = registry_order(frame).assign(column=labelled(frame, with_repair))
     groups = frame.groupby(["sparsity", "column"], sort=False)[metric]
     mean = groups.mean().unstack("column").sort_index()
     std = groups.std(ddof=1).unstack("column").reindex_like(mean)

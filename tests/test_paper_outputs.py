@@ -11,7 +11,7 @@ from reflow.plots import layer_order_levels, plot_all
 from reflow.report import claim_rows, claim_variants, evaluate_claims, write_report
 from reflow.results import ResultStore
 from reflow.sweep import load_sweep, run_sweep
-from reflow.tables import expand_config
+from reflow.tables import accuracy_table, expand_config
 
 SWEEP = """
 [[experiment]]
@@ -176,6 +176,18 @@ def test_report_states_every_claim(swept, tmp_path) -> None:
 def test_seed_aggregation_in_table(swept, capsys) -> None:
     assert main(["table", str(swept.folder), "--repair", "reflow", "--method", "mp"]) == 0
     assert "±" in capsys.readouterr().out
+
+
+def test_table_columns_follow_the_registries_whatever_the_run_order() -> None:
+    rows = [("chita_u", "reflow"), ("mp", "reflow"), ("cbs_s", "none"), ("mp", "none")]
+    frame = pd.DataFrame(
+        [
+            {"method": m, "repair": r, "sparsity": 0.5, "top1": 50.0, "config_hash": "x"}
+            for m, r in rows
+        ]
+    )
+    mean, _ = accuracy_table(frame)
+    assert list(mean.columns) == ["mp", "mp+reflow", "chita_u+reflow", "cbs_s"]
 
 
 def test_cli_sweep_plot_report(tmp_path, capsys) -> None:
