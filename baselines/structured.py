@@ -95,6 +95,8 @@ class _Structured(Method):
         # keyed by module: Torch-Pruning replaces a weight Parameter each time it prunes it
         modules = dict(work.named_modules())
         layers = {id(modules[n.rsplit(".", 1)[0] if "." in n else ""]): n for n in params}
+        norms = {id(m): m for m in work.modules() if isinstance(m, NORM_TYPES)}
+        removed: dict[int, set[int]] = {}
         if ratio > 0:
             pruner = tp.pruner.MetaPruner(
                 work,
@@ -108,11 +110,17 @@ class _Structured(Method):
             for group in pruner.step(interactive=True):
                 for dep, idxs in group:
                     module = dep.target.module
+                    if id(module) in norms:
+                        removed.setdefault(id(module), set()).update(int(i) for i in idxs)
                     name = layers.get(id(module))
                     if name is None:
                         continue
                     _mark(masks[name], module, dep.handler.__name__, list(idxs))
                 group.prune()
+        for key, gone in removed.items():
+            module = norms[key]
+            kept = [i for i in range(len(gone) + _channels(module)) if i not in gone]
+            module.kept_channels = torch.tensor(kept)  # statcorr maps to the dense channels
         return work, masks
 
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> PruneResult:
@@ -132,6 +140,14 @@ class _Structured(Method):
                     high = ratio
         achieved, work, masks = best
         return PruneResult(masks, {"channel_sparsity_gap": achieved - sparsity}, model=work)
+
+
+NORM_TYPES = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
+
+
+def _channels(module: nn.Module) -> int:
+    """Channels a normalisation layer has now (after Torch-Pruning shrank it)."""
+    return int(module.weight.shape[0])
 
 
 def _mark(mask: torch.Tensor, module: nn.Module, handler: str, idxs: list[int]) -> None:

@@ -101,12 +101,17 @@ def correct_statistics(
     target = {n: ChannelMoments() for n in names}
     measured = {n: ChannelMoments() for n in names}
     on_batch: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    # A structurally pruned layer keeps a subset of the dense channels (set by the method)
+    kept = {n: getattr(layers[n], "kept_channels", None) for n in names}
+
+    def dense_channels(name: str, t: torch.Tensor) -> torch.Tensor:
+        return t if kept[name] is None else t[kept[name].to(t.device)]
 
     def record(name: str):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             dims = reduce_dims(module, output)
             target[name].add(output, dims)
-            on_batch[name] = batch_moments(output, dims)
+            on_batch[name] = tuple(dense_channels(name, t) for t in batch_moments(output, dims))
 
         return hook
 
@@ -141,7 +146,11 @@ def correct_statistics(
     for name in names:
         layer = layers[name]
         scale, shift = affine_map(
-            measured[name].mean, measured[name].std, target[name].mean, target[name].std, min_std
+            measured[name].mean,
+            measured[name].std,
+            dense_channels(name, target[name].mean),
+            dense_channels(name, target[name].std),
+            min_std,
         )
         layer.weight.mul_(scale.reshape(layer.weight.shape).to(layer.weight.dtype))
         layer.bias.mul_(scale.reshape(layer.bias.shape).to(layer.bias.dtype))

@@ -179,6 +179,30 @@ def test_structured_methods_shrink_the_network(name: str, make) -> None:
         assert small.layer1[0].conv2.out_channels == model.layer1[0].conv2.out_channels
 
 
+@pytest.mark.parametrize("name", ["l1_channel", "bn_scale"])
+def test_statcorr_on_a_structured_network_matches_the_kept_dense_channels(name: str) -> None:
+    """Channel pruning removes BN channels: statcorr must compare each kept channel with the
+    same channel of the dense model, not position by position."""
+    from reflow.norms import norm_layers
+    from reflow.repairs import RepairContext, get_repair
+    from reflow.statcorr import output_moments
+
+    dense = trained_like(cifar_resnet(20, width=4))
+    small = baselines.get_method(name).prune(copy.deepcopy(dense), 0.5, _ctx()).model
+    batches = _images(n=1, bs=64)
+    shrunk = [n for n, m in norm_layers(small).items() if hasattr(m, "kept_channels")]
+    assert shrunk  # some BN layers lost channels
+    ctx = RepairContext(calibration=lambda: batches, dense_model=dense)
+    get_repair("statcorr").repair(small, ctx)
+    cpu = torch.device("cpu")
+    after = output_moments(small, batches, list(norm_layers(small)), cpu)
+    target = output_moments(dense, batches, list(norm_layers(dense)), cpu)
+    for n, layer in norm_layers(small).items():
+        kept = getattr(layer, "kept_channels", torch.arange(after[n].mean.numel()))
+        torch.testing.assert_close(after[n].mean, target[n].mean[kept], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(after[n].std, target[n].std[kept], atol=1e-4, rtol=1e-4)
+
+
 def test_l1_channel_removes_the_smallest_filters_and_bn_scale_the_smallest_gamma() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(
