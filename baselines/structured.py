@@ -31,6 +31,7 @@ from torch import nn
 from reflow.cifar_resnet import BasicBlock, PadShortcut
 from reflow.errors import ReflowError
 from reflow.masks import Masks, prunable_parameters, sparsity_of
+from reflow.norms import has_affine, mark_kept_channels, norm_layers
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class _Structured(Method):
         # keyed by module: Torch-Pruning replaces a weight Parameter each time it prunes it
         modules = dict(work.named_modules())
         layers = {id(modules[n.rsplit(".", 1)[0] if "." in n else ""]): n for n in params}
-        norms = {id(m): m for m in work.modules() if isinstance(m, NORM_TYPES)}
+        norms = {id(m): m for m in norm_layers(work).values() if has_affine(m)}
         removed: dict[int, set[int]] = {}
         if ratio > 0:
             pruner = tp.pruner.MetaPruner(
@@ -118,9 +119,7 @@ class _Structured(Method):
                     _mark(masks[name], module, dep.handler.__name__, list(idxs))
                 group.prune()
         for key, gone in removed.items():
-            module = norms[key]
-            kept = [i for i in range(len(gone) + _channels(module)) if i not in gone]
-            module.kept_channels = torch.tensor(kept)  # statcorr maps to the dense channels
+            mark_kept_channels(norms[key], gone)
         return work, masks
 
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> PruneResult:
@@ -140,14 +139,6 @@ class _Structured(Method):
                     high = ratio
         achieved, work, masks = best
         return PruneResult(masks, {"channel_sparsity_gap": achieved - sparsity}, model=work)
-
-
-NORM_TYPES = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
-
-
-def _channels(module: nn.Module) -> int:
-    """Channels a normalisation layer has now (after Torch-Pruning shrank it)."""
-    return int(module.weight.shape[0])
 
 
 def _mark(mask: torch.Tensor, module: nn.Module, handler: str, idxs: list[int]) -> None:

@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from reflow.execute import ExecEnv
 from reflow.harness import Grid, Settings
-from reflow.plan import Experiment
+from reflow.plan import Experiment, planned_rows
 from reflow.results import ResultStore
 from reflow.runner import run_experiments
 
 SHARED = Path(os.environ.get("REFLOW_HOME", Path(__file__).resolve().parents[2] / "shared"))
+
+
+@dataclass(frozen=True)
+class GateRows:
+    """One gate's rows of the session store, which every gate shares: reading the whole store
+    would also return rows another gate ran (another model, the same method and sparsity)."""
+
+    store: ResultStore
+    experiments: list[Experiment]
+
+    def read(self, table: str = "results") -> pd.DataFrame:
+        return planned_rows(self.store.read(table), self.experiments)
 
 
 @pytest.fixture(scope="session")
@@ -36,12 +50,12 @@ def run_rows(shared_home: Path, tmp_path_factory: pytest.TempPathFactory):
     kept = os.environ.get("REFLOW_GATE_STORE")
     folder = Path(kept) if kept else tmp_path_factory.mktemp("gates")
 
-    def run(what: Grid | list[Experiment], settings: Settings | None = None) -> ResultStore:
+    def run(what: Grid | list[Experiment], settings: Settings | None = None) -> GateRows:
         store = ResultStore(folder)
         if isinstance(what, Grid):
             what = [Experiment("gate", what, (settings or Settings(),))]
         counts = run_experiments(what, store, env=ExecEnv(progress=False), progress=False)
         assert counts["errors"] == 0, store.read()["error"].dropna().tolist()
-        return store
+        return GateRows(store, what)
 
     return run

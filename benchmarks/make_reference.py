@@ -23,7 +23,7 @@ from reflow.baselines import list_methods
 
 from reflow.execute import ExecEnv
 from reflow.harness import Grid, Settings
-from reflow.plan import Experiment, row_config_hash
+from reflow.plan import Experiment, planned_rows
 from reflow.results import ResultStore, write_csv_atomic
 from reflow.runner import run_experiments
 from reflow.sweep import load_sweep
@@ -101,7 +101,7 @@ class Reference:
     dataset: str = "cifar10-jpeg"
 
     def experiments(self) -> list[Experiment]:
-        return self.subset(SPARSITIES, self.methods, self.sweep())
+        return cut(self.sweep(), SPARSITIES, self.methods)
 
     @property
     def path(self) -> Path:
@@ -111,39 +111,33 @@ class Reference:
         return pd.read_csv(self.path)
 
     def subset(
-        self,
-        sparsities: tuple[float, ...],
-        methods: tuple[str, ...] | None,
-        experiments: list[Experiment] | None = None,
+        self, sparsities: tuple[float, ...], methods: tuple[str, ...] | None
     ) -> list[Experiment]:
         """The reference's experiments cut to these sparsities and methods (None: all)."""
-        out = []
-        for experiment in self.experiments() if experiments is None else experiments:
-            grid = experiment.grid
-            kept = dataclasses.replace(
-                grid,
-                methods=tuple(m for m in grid.methods if methods is None or m in methods),
-                sparsities=tuple(s for s in grid.sparsities if s in sparsities),
-            )
-            if kept.methods and kept.sparsities:
-                named = set(kept.methods) | set(kept.repairs)
-                settings = tuple(
-                    dataclasses.replace(
-                        s, options={k: v for k, v in s.options.items() if k in named}
-                    )
-                    for s in experiment.settings
-                )
-                out.append(dataclasses.replace(experiment, grid=kept, settings=settings))
-        return out
+        return cut(self.experiments(), sparsities, methods)
 
-    def config_hashes(self) -> set[str]:
-        return {
-            row_config_hash(method, repair, settings)
-            for experiment in self.experiments()
-            for settings in experiment.settings
-            for method in experiment.grid.methods
-            for repair in experiment.grid.repairs
-        }
+
+def cut(
+    experiments: list[Experiment], sparsities: tuple[float, ...], methods: tuple[str, ...] | None
+) -> list[Experiment]:
+    """``experiments`` with only these sparsities and methods (None: all); options for methods
+    cut away are dropped with them (a sweep refuses options for a method it does not run)."""
+    out = []
+    for experiment in experiments:
+        grid = experiment.grid
+        kept = dataclasses.replace(
+            grid,
+            methods=tuple(m for m in grid.methods if methods is None or m in methods),
+            sparsities=tuple(s for s in grid.sparsities if s in sparsities),
+        )
+        if kept.methods and kept.sparsities:
+            named = set(kept.methods) | set(kept.repairs)
+            settings = tuple(
+                dataclasses.replace(s, options={k: v for k, v in s.options.items() if k in named})
+                for s in experiment.settings
+            )
+            out.append(dataclasses.replace(experiment, grid=kept, settings=settings))
+    return out
 
 
 REFERENCES = {
@@ -165,14 +159,7 @@ def make_reference(reference: Reference, runs: Path, device: str = "auto") -> pd
     store = ResultStore(runs)
     run_experiments(reference.experiments(), store, env=ExecEnv(device, progress=True))
     frame = store.read()
-    frame = frame[
-        frame.error.isna()
-        & (frame.model == reference.model)
-        & (frame.dataset == reference.dataset)
-        & frame.repair.isin(REPAIRS)
-        & frame.seed.eq(0)
-        & frame.config_hash.isin(reference.config_hashes())
-    ]
+    frame = planned_rows(frame[frame.error.isna()], reference.experiments())
     frame = frame.sort_values(["method", "repair", "sparsity"])[COLUMNS]
     reference.path.parent.mkdir(parents=True, exist_ok=True)
     write_csv_atomic(frame, reference.path)

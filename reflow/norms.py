@@ -40,6 +40,23 @@ def describe_norms(model: nn.Module) -> str:
     return ", ".join(f"{n} {kind}" for kind, n in counts.items()) or "no normalisation layer"
 
 
+#: Set by channel pruning on a normalisation layer it shrank: the dense channels the layer kept,
+#: so a repair that compares it with the dense model (statcorr) pairs the right channels.
+KEPT_CHANNELS = "kept_channels"
+
+
+def mark_kept_channels(layer: nn.Module, removed: set[int]) -> None:
+    """Record on ``layer`` (already shrunk) which dense channels survived ``removed``."""
+    count = len(removed) + int(layer.weight.shape[0])
+    setattr(layer, KEPT_CHANNELS, torch.tensor([i for i in range(count) if i not in removed]))
+
+
+def dense_channel_values(layer: nn.Module, values: torch.Tensor) -> torch.Tensor:
+    """Per-channel ``values`` of the dense layer, at the channels ``layer`` kept."""
+    kept = getattr(layer, KEPT_CHANNELS, None)
+    return values if kept is None else values[kept.to(values.device)]
+
+
 def has_affine(layer: nn.Module) -> bool:
     return getattr(layer, "weight", None) is not None and getattr(layer, "bias", None) is not None
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import pandas as pd
 from torch import nn
 
 from reflow import baselines
@@ -24,7 +25,7 @@ from reflow.identity import config_hash, identity
 from reflow.masks import Pattern, prunable_parameters
 from reflow.recalibrate import select_layers
 from reflow.repairs import REPAIRS, get_repair
-from reflow.results import row_key
+from reflow.results import KEY, row_key
 from reflow.settings import Settings
 from reflow.zoo import check_checkpoint, checkpoint_label, get_entry
 
@@ -250,6 +251,13 @@ def plan(experiments: list[Experiment], finished: set[tuple]) -> Plan:
                     )
     result.tasks = family_order(result.tasks)
     return result
+
+
+def planned_rows(frame: pd.DataFrame, experiments: list[Experiment]) -> pd.DataFrame:
+    """The rows of ``frame`` (any stored table: each carries its result's key) that
+    ``experiments`` declare; a store shared by several runs holds other rows too."""
+    keys = {spec.key for task in plan(experiments, set()).tasks for spec in task.rows}
+    return frame[[row_key(row) in keys for row in frame[list(KEY)].to_dict("records")]]
 
 
 def _search_key(task: Task) -> tuple | None:

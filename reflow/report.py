@@ -293,7 +293,11 @@ def claim_variants(rows: pd.DataFrame) -> dict[str, str]:
 def evaluate_claims(
     results: pd.DataFrame, probes: pd.DataFrame, model: str = "resnet20"
 ) -> list[Verdict]:
-    rows, probes = claim_rows(results, probes, model)
+    return check_claims(*claim_rows(results, probes, model), model)
+
+
+def check_claims(rows: pd.DataFrame, probes: pd.DataFrame, model: str) -> list[Verdict]:
+    """The model's claims tested on its claim rows (`claim_rows`)."""
     return [check(rows, probes) for check in CLAIMS_BY_MODEL[model]]
 
 
@@ -388,9 +392,10 @@ def write_report(folder: Path, out: Path) -> Path:
     prov = results.groupby(["git_commit", "torch", "device"]).size().reset_index(name="rows")
     lines += ["## Provenance", "", prov.to_markdown(index=False), ""]
     for model in measured:
-        verdicts = evaluate_claims(results, probes, model)
+        rows, model_probes = claim_rows(results, probes, model)
+        verdicts = check_claims(rows, model_probes, model)
         lines += [f"## Claims on {model}", ""]
-        options = claim_variants(claim_rows(results, probes, model)[0])
+        options = claim_variants(rows)
         if options:
             named = "; ".join(f"{m} with {t}" for m, t in options.items())
             lines += [

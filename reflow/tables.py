@@ -127,7 +127,8 @@ def accuracy_table(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Mean and std (over seeds) of ``metric``, sparsity rows × method[+repair] columns; rows
     of different configurations get different columns, never one average."""
-    frame = registry_order(frame).assign(column=labelled(frame, with_repair))
+    frame = registry_order(frame)
+    frame = frame.assign(column=labelled(frame, with_repair))
     groups = frame.groupby(["sparsity", "column"], sort=False)[metric]
     mean = groups.mean().unstack("column").sort_index()
     std = groups.std(ddof=1).unstack("column").reindex_like(mean)

@@ -12,9 +12,17 @@ from reflow.errors import ReflowError
 from reflow.harness import Grid, run_grid
 from reflow.identity import config_hash, identity
 from reflow.options import option
-from reflow.plan import Experiment, family_batches, plan, row_config_hash, validate
+from reflow.plan import (
+    Experiment,
+    family_batches,
+    plan,
+    planned_rows,
+    row_config_hash,
+    validate,
+)
 from reflow.repairs import get_repair
 from reflow.results import ResultStore
+from reflow.runner import run_experiments
 from reflow.settings import Settings
 
 GRID = Grid(("resnet20",), ("synthetic",), ("mp",), ("none", "reflow"), (0.5,))
@@ -192,3 +200,19 @@ def test_family_members_are_batched_for_one_worker() -> None:
     options = {"chita_s": {"num_grads": "8"}}
     apart = plan([Experiment("x", grid, (dataclasses.replace(FAST, options=options),))], set())
     assert all(len(b) == 1 or b[0].method.startswith("cbs") for b in family_batches(apart.tasks))
+
+
+def test_planned_rows_are_one_experiments_rows_of_a_shared_store(tmp_path) -> None:
+    """Gates share one store: the same method and sparsity on another model (or another repair)
+    is not the experiment's row, in the results and in the tables keyed by them."""
+    settings = dataclasses.replace(FAST, probe_samples=16)
+    mine = Experiment("mine", dataclasses.replace(GRID, repairs=("none",)), (settings,))
+    other = Experiment("other", dataclasses.replace(GRID, models=("mobilenet_v1",)), (settings,))
+    store = ResultStore(tmp_path)
+    run_experiments([mine, other], store, progress=False)
+    for table in ("results", "probes"):
+        everything, rows = store.read(table), planned_rows(store.read(table), [mine])
+        assert set(everything.model) == {"resnet20", "mobilenet_v1"}
+        assert set(rows.model) == {"resnet20"} and set(rows.repair) == {"none"}
+    assert len(planned_rows(store.read(), [mine])) == 1
+    assert len(planned_rows(store.read(), [mine, other])) == 3
