@@ -18,37 +18,44 @@ import torch
 from torch import nn
 
 from reflow.data import Batch
-from reflow.norms import channel_view, has_affine, norm_layers, reduce_dims
+from reflow.norms import channel_view, dense_channel_values, has_affine, norm_layers, reduce_dims
 
 
 @dataclass
 class ChannelMoments:
-    """Running per-channel sums in float64 (count, Σx, Σx²) over every batch seen."""
+    """Per-channel count, mean and sum of squared deviations over every batch seen, in float64.
+
+    Each batch costs one fused pass (``torch.var_mean``, numerically stable) in the output's
+    precision; batches are merged with Chan et al.'s pairwise update. Casting whole activations
+    to float64 and summing x and x² separately cost several passes and made statcorr ~8x a
+    forward pass.
+    """
 
     count: int = 0
-    total: torch.Tensor | None = None
-    squares: torch.Tensor | None = None
+    center: torch.Tensor | None = None
+    deviations: torch.Tensor | None = None
 
-    def add(self, values: torch.Tensor, dims: tuple[int, ...]) -> None:
-        x = values.detach().double()
-        s, q = x.sum(dims), x.square().sum(dims)
-        self.total = s if self.total is None else self.total + s
-        self.squares = q if self.squares is None else self.squares + q
-        self.count += values.numel() // s.numel()
+    def add(self, values: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fold in one batch; return that batch's own per-channel (mean, std) in float64."""
+        x = values.detach()
+        var, mean = torch.var_mean(x if x.dtype == torch.float64 else x.float(), dims, correction=0)
+        mean, var, n = mean.double(), var.double(), x.numel() // mean.numel()
+        if self.center is None or self.deviations is None:
+            self.center, self.deviations = mean, var * n
+        else:
+            total, delta = self.count + n, mean - self.center
+            self.center = self.center + delta * (n / total)
+            self.deviations = self.deviations + var * n + delta.square() * (self.count * n / total)
+        self.count += n
+        return mean, var.sqrt()
 
     @property
     def mean(self) -> torch.Tensor:
-        return self.total / self.count
+        return self.center
 
     @property
     def std(self) -> torch.Tensor:
-        return (self.squares / self.count - self.mean.square()).clamp_min(0).sqrt()
-
-
-def batch_moments(output: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    x = output.double()
-    mean = x.mean(dims)
-    return mean, x.var(dims, unbiased=False).sqrt()
+        return (self.deviations / self.count).clamp_min(0).sqrt()
 
 
 @torch.no_grad()
@@ -101,30 +108,21 @@ def correct_statistics(
     target = {n: ChannelMoments() for n in names}
     measured = {n: ChannelMoments() for n in names}
     on_batch: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    # A structurally pruned layer keeps a subset of the dense channels (set by the method)
-    kept = {n: getattr(layers[n], "kept_channels", None) for n in names}
-
-    def dense_channels(name: str, t: torch.Tensor) -> torch.Tensor:
-        return t if kept[name] is None else t[kept[name].to(t.device)]
 
     def record(name: str):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            dims = reduce_dims(module, output)
-            target[name].add(output, dims)
-            on_batch[name] = tuple(dense_channels(name, t) for t in batch_moments(output, dims))
+            moments = target[name].add(output, reduce_dims(module, output))
+            on_batch[name] = tuple(dense_channel_values(layers[name], t) for t in moments)
 
         return hook
 
     def correct(name: str):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-            dims = reduce_dims(module, output)
-            measured[name].add(output, dims)
-            mean, std = batch_moments(output, dims)
+            mean, std = measured[name].add(output, reduce_dims(module, output))
             want_mean, want_std = on_batch[name]
-            scale, shift = affine_map(mean, std, want_mean, want_std, min_std)
-            return output * channel_view(module, scale.to(output.dtype), output) + channel_view(
-                module, shift.to(output.dtype), output
-            )
+            maps = affine_map(mean, std, want_mean, want_std, min_std)
+            scale, shift = (channel_view(module, t.to(output.dtype), output) for t in maps)
+            return torch.addcmul(shift, output, scale)
 
         return hook
 
@@ -148,8 +146,8 @@ def correct_statistics(
         scale, shift = affine_map(
             measured[name].mean,
             measured[name].std,
-            dense_channels(name, target[name].mean),
-            dense_channels(name, target[name].std),
+            dense_channel_values(layer, target[name].mean),
+            dense_channel_values(layer, target[name].std),
             min_std,
         )
         layer.weight.mul_(scale.reshape(layer.weight.shape).to(layer.weight.dtype))

@@ -14,7 +14,7 @@ from reflow.cifar_resnet import cifar_resnet
 from reflow.masks import apply_masks, global_masks, prunable_parameters
 from reflow.norms import norm_layers, reduce_dims
 from reflow.repairs import REPAIRS, RepairContext, get_repair, list_repairs
-from reflow.statcorr import output_moments
+from reflow.statcorr import ChannelMoments, output_moments
 
 
 def _batches(n: int = 2, bs: int = 32, seed: int = 0) -> list:
@@ -141,3 +141,21 @@ def test_registered_names_and_options() -> None:
     with pytest.raises(Exception, match="has no option"):
         get_repair("statcorr", {"nothing": "1"})
     assert get_repair("statcorr", {"min_std": "0.01"}).config.min_std == 0.01
+
+
+def test_channel_moments_merge_batches_exactly_and_stably() -> None:
+    """Batches of different sizes and means, merged pairwise, give the moments of their
+    concatenation (float64 closed form), also for a large mean over a small spread."""
+    torch.manual_seed(0)
+    parts = [1000.0 + 0.02 * k + 0.01 * torch.randn(n, 3, 4, 4) for k, n in enumerate((5, 1, 17))]
+    moments = ChannelMoments()
+    for part in parts:
+        mean, std = moments.add(part, (0, 2, 3))
+    last = parts[-1].double()
+    torch.testing.assert_close(mean, last.mean((0, 2, 3)), rtol=1e-6, atol=0)
+    torch.testing.assert_close(std, last.std((0, 2, 3), correction=0), rtol=1e-3, atol=0)
+    everything = torch.cat(parts).double()
+    want_std = everything.std((0, 2, 3), correction=0)
+    torch.testing.assert_close(moments.mean, everything.mean((0, 2, 3)), rtol=1e-6, atol=0)
+    torch.testing.assert_close(moments.std, want_std, rtol=1e-3, atol=0)
+    assert moments.count == 23 * 16
