@@ -55,7 +55,8 @@ def run_rows(shared_home: Path, tmp_path_factory: pytest.TempPathFactory):
         if isinstance(what, Grid):
             what = [Experiment("gate", what, (settings or Settings(),))]
         counts = run_experiments(what, store, env=ExecEnv(progress=False), progress=False)
-        assert counts["errors"] == 0, store.read()["error"].dropna().tolist()
-        return GateRows(store, what)
+        rows = GateRows(store, what)
+        assert counts["errors"] == 0, rows.read()["error"].dropna().tolist()
+        return rows
 
     return run

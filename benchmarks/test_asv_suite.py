@@ -79,5 +79,9 @@ def test_method_tracks_read_the_shared_measurements() -> None:
 def test_setup_leaves_asv_attributes_alone(shared_home, cls) -> None:
     bench = cls()
     shared = (bench.setup_cache(),) if hasattr(bench, "setup_cache") else ()
-    bench.setup(*shared, *CHEAPEST_PARAMS[cls])
+    args = (*shared, *CHEAPEST_PARAMS[cls])
+    if hasattr(bench, "setup"):
+        bench.setup(*args)
+    else:  # only a shared set-up: the timed body must leave them alone too
+        getattr(bench, next(n for n in dir(bench) if n.startswith("time_")))(*args)
     assert not ASV_ATTRIBUTES & set(vars(bench))

@@ -32,7 +32,7 @@ class ChannelMoments:
     """
 
     count: int = 0
-    center: torch.Tensor | None = None
+    mean: torch.Tensor | None = None
     deviations: torch.Tensor | None = None
 
     def add(self, values: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,18 +40,14 @@ class ChannelMoments:
         x = values.detach()
         var, mean = torch.var_mean(x if x.dtype == torch.float64 else x.float(), dims, correction=0)
         mean, var, n = mean.double(), var.double(), x.numel() // mean.numel()
-        if self.center is None or self.deviations is None:
-            self.center, self.deviations = mean, var * n
+        if self.mean is None or self.deviations is None:
+            self.mean, self.deviations = mean, var * n
         else:
-            total, delta = self.count + n, mean - self.center
-            self.center = self.center + delta * (n / total)
+            total, delta = self.count + n, mean - self.mean
+            self.mean = self.mean + delta * (n / total)
             self.deviations = self.deviations + var * n + delta.square() * (self.count * n / total)
         self.count += n
         return mean, var.sqrt()
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return self.center
 
     @property
     def std(self) -> torch.Tensor:

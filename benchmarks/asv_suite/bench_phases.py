@@ -55,19 +55,16 @@ class RepairPhase:
 
     setup_cache.timeout = 600
 
-    def setup(self, shared: dict, repair: str) -> None:
-        self.shared = shared
-
-    def _repair(self, repair: str, model) -> None:
+    @staticmethod
+    def _repair(shared: dict, repair: str, model) -> None:
         """The repair alone, on the calibration batches drawn in the shared set-up."""
         from reflow.repairs import RepairContext, get_repair
 
-        batches = self.shared["batches"]
-        ctx = RepairContext(calibration=lambda: batches, dense_model=self.shared["dense"])
+        ctx = RepairContext(calibration=lambda: shared["batches"], dense_model=shared["dense"])
         get_repair(repair).repair(model, ctx)
 
     def time_repair(self, shared: dict, repair: str) -> None:
-        self._repair(repair, copy.deepcopy(shared["pruned"]))
+        self._repair(shared, repair, copy.deepcopy(shared["pruned"]))
 
     def track_repair_over_forward_ratio(self, shared: dict, repair: str) -> float:
         """Repair time / bare eval-mode forward time over the same images, measured together."""
@@ -82,7 +79,7 @@ class RepairPhase:
                 model(x)
         forward = time.perf_counter() - start
         start = time.perf_counter()
-        self._repair(repair, model)
+        self._repair(shared, repair, model)
         return (time.perf_counter() - start) / forward
 
     track_repair_over_forward_ratio.unit = "ratio"
