@@ -270,16 +270,15 @@ def run_layerwise(
     device: torch.device,
     dtype: torch.dtype,
     diagonal_only: bool = False,
-    limit_gb: float | None = None,
-    owner: str = "",
+    need: MemoryNeed | None = None,
     timer: PhaseTimer | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Capture inputs (timed as ``collect``) and solve layer by layer; returns the solver's facts
-    per layer."""
+    """Capture inputs (timed as ``collect``) and solve layer by layer, after checking ``need``
+    (default: the Hessians' own); returns the solver's facts per layer."""
     timer = timer or PhaseTimer(device)
     modules = prunable_modules(model, params)
     order = execution_order(model, modules, batches[0][0].to(device))
-    hessians_need(modules.values(), inputs, dtype, diagonal_only, limit_gb, owner).check(device)
+    (need or hessians_need(modules.values(), inputs, dtype, diagonal_only)).check(device)
     facts = {}
     if inputs == "dense":
         hessians = {n: LayerHessian(modules[n], dtype, diagonal_only) for n in order}
@@ -389,8 +388,7 @@ class LayerwiseMethod(Method):
             ctx.device,
             DTYPES[cfg.hessian_dtype],
             self.diagonal_only,
-            cfg.memory_limit_gb,
-            self.name,
+            self.memory_needed(model, ctx.scope),
             ctx.timer,
         )
         if not self.updates_weights:

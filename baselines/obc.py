@@ -15,14 +15,24 @@ default 0; 1% is added when H is singular, and recorded).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from reflow.baselines.base import option
-from reflow.baselines.layerwise import DampedConfig, LayerwiseMethod
+from reflow.baselines.layerwise import (
+    DampedConfig,
+    LayerwiseMethod,
+    prunable_modules,
+    weight_rows,
+)
 from reflow.baselines.registry import register
+from torch import nn
 
-from reflow.masks import Pattern
+from reflow.masks import Pattern, prunable_parameters
+from reflow.memory import MemoryNeed
+
+#: Memory for the least-squares systems solved together at the end of a layer.
+RECONSTRUCT_BYTES = 2**30
 
 
 def prepare(
@@ -50,22 +60,27 @@ def greedy_removal(
     inverse: torch.Tensor,
     parallel: int = 32,
     pattern: Pattern | None = None,
+    group_of_row: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every row's removal order and per-step losses ½w_j²/[H⁻¹]_jj, removing all columns (or,
     with an N:M ``pattern``, M − N of every M consecutive columns: a full group's weights are no
     longer candidates, as the reference's nmprune).
 
-    ``rows``: (R, d); ``inverse``: (R, d, d), one H⁻¹ per row (its group's). Returns (order,
-    losses), both (R, steps).
+    ``rows``: (R, d); ``inverse``: (G, d, d), row r downdating its own copy of
+    ``inverse[group_of_row[r]]`` (default: ``inverse[r]``). Copies are made ``parallel`` rows at a
+    time, so the working memory is parallel·d², not R·d² (43 GB for one ResNet-50 layer).
+    Returns (order, losses), both (R, steps).
     """
     r_total, d = rows.shape
+    if group_of_row is None:
+        group_of_row = torch.arange(r_total, device=rows.device)
     total_steps = d if pattern is None else d // pattern.m * (pattern.m - pattern.n)
     order = torch.empty(r_total, total_steps, dtype=torch.long, device=rows.device)
     losses = torch.empty(r_total, total_steps, dtype=rows.dtype, device=rows.device)
     for start in range(0, r_total, parallel):
         stop = min(r_total, start + parallel)
         w = rows[start:stop].clone()
-        hinv = inverse[start:stop].clone()
+        hinv = inverse[group_of_row[start:stop]]  # advanced indexing: a copy per row
         count = stop - start
         idx = torch.arange(count, device=rows.device)
         removed = torch.zeros_like(w, dtype=torch.bool)
@@ -86,11 +101,11 @@ def greedy_removal(
             dj = diag[idx, j]
             w -= row * (w[idx, j] / dj).unsqueeze(1)
             removed[idx, j] = True
-            w[removed] = 0
+            w.masked_fill_(removed, 0.0)
             if step == total_steps - 1:
                 break
             row = row / dj.sqrt().unsqueeze(1)
-            hinv -= row.unsqueeze(2) * row.unsqueeze(1)
+            hinv.baddbmm_(row.unsqueeze(2), row.unsqueeze(1), alpha=-1)  # in place: no d² temp
     return order, losses
 
 
@@ -102,6 +117,20 @@ def allocate(losses: torch.Tensor, count: int) -> torch.Tensor:
         chosen = torch.topk(flat, count, largest=False).indices
         per_row += torch.bincount(chosen // losses.shape[1], minlength=losses.shape[0])
     return per_row
+
+
+def reconstruct_chunk(d: int) -> int:
+    """Rows whose d×d float64 systems (gathered H, masked system, the solver's copy) are solved
+    together: 64, or fewer so that they stay within `RECONSTRUCT_BYTES`."""
+    return max(1, min(64, RECONSTRUCT_BYTES // (3 * d * d * 8)))
+
+
+def working_bytes(groups: int, rows: int, d: int, parallel: int) -> int:
+    """What solving one layer adds to its Hessian: H and H⁻¹ in float64 and H⁻¹ in float32 per
+    group, then the larger of the greedy pass's per-row H⁻¹ copies and the final solves."""
+    greedy = min(parallel, groups * rows) * d * d * 4
+    solve = min(reconstruct_chunk(d), groups * rows) * 3 * d * d * 8
+    return groups * d * d * (8 + 8 + 4) + max(greedy, solve)
 
 
 def reconstruct(rows: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -132,6 +161,18 @@ class ExactOBS(LayerwiseMethod):
     updates_weights = True
     Config = ObcConfig
 
+    def memory_needed(self, model: nn.Module, scope: str) -> MemoryNeed:
+        need = super().memory_needed(model, scope)
+        modules = prunable_modules(model, prunable_parameters(model, scope)).values()
+        shapes = [weight_rows(m).shape for m in modules]
+        extra = max(working_bytes(*shape, self.config.parallel) for shape in shapes)
+        return replace(
+            need,
+            nbytes=need.nbytes + extra,
+            what=f"{need.what} and the largest layer's greedy working set",
+            lower=f"{need.lower}, or obc.parallel",
+        )
+
     def solve_layer(
         self,
         hessian: torch.Tensor,
@@ -145,7 +186,7 @@ class ExactOBS(LayerwiseMethod):
         flat = rows.reshape(-1, d)
         # the greedy pass in float32, as the reference (its H.float()); the final rows in float64
         order, losses = greedy_removal(
-            flat.float(), inverse.float()[group_of_row], self.config.parallel, pattern
+            flat.float(), inverse.float(), self.config.parallel, pattern, group_of_row
         )
         if pattern is None:
             per_row = allocate(losses, prune_count)
@@ -156,8 +197,9 @@ class ExactOBS(LayerwiseMethod):
         removed.scatter_(1, order, steps < per_row.unsqueeze(1))
         keep = ~removed
         new = torch.empty_like(flat)
-        for start in range(0, flat.shape[0], 64):  # bounded memory: 64 rows' systems at a time
-            sl = slice(start, start + 64)
+        chunk = reconstruct_chunk(d)
+        for start in range(0, flat.shape[0], chunk):
+            sl = slice(start, start + chunk)
             new[sl] = reconstruct(flat[sl], h[group_of_row[sl]], keep[sl])
         chosen = losses.double().masked_select(steps < per_row.unsqueeze(1))
         return (

@@ -17,7 +17,13 @@ from reflow.baselines.layerwise import (
     run_layerwise,
     weight_rows,
 )
-from reflow.baselines.obc import allocate, greedy_removal, prepare, reconstruct
+from reflow.baselines.obc import (
+    allocate,
+    greedy_removal,
+    prepare,
+    reconstruct,
+    working_bytes,
+)
 from reflow.baselines.sparsegpt import sparsegpt_rows
 from reflow.baselines.wanda import wanda_keep
 from torch import nn
@@ -109,6 +115,32 @@ def test_obc_allocation_and_dead_inputs() -> None:
     h[:, 1] = 0  # an input that never fires
     prepared, rows, _, _ = prepare(h.unsqueeze(0), torch.ones(1, 2, 4, dtype=torch.float64), 0.0)
     assert float(prepared[0, 1, 1]) == 1.0 and bool((rows[..., 1] == 0).all())
+
+
+def test_obc_rows_share_their_group_inverse_without_copying_it_per_row() -> None:
+    """Rows of one group downdate private copies of that group's H⁻¹, made a batch at a time:
+    the same removal as handing every row its own copy, for any batch size."""
+    d, groups = 6, torch.tensor([0, 0, 1, 1, 1])
+    inverse = torch.stack([torch.linalg.inv(_spd(d, s)) for s in (3, 4)])
+    rows = torch.randn(5, d, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    order, losses = greedy_removal(rows, inverse[groups].clone(), parallel=5)
+    for parallel in (1, 2, 5):
+        shared = greedy_removal(rows, inverse, parallel, group_of_row=groups)
+        assert torch.equal(shared[0], order)
+        torch.testing.assert_close(shared[1], losses, atol=1e-12, rtol=1e-12)
+    assert torch.equal(inverse, torch.stack([torch.linalg.inv(_spd(d, s)) for s in (3, 4)]))
+
+
+def test_obc_memory_need_counts_its_working_set_per_batch_not_per_row() -> None:
+    """One ResNet-50-sized layer (512 rows over 4,608 columns): the guard counts the greedy
+    pass's parallel·d² copies, not 512·d² (43 GB, what a per-row copy would take)."""
+    layer = nn.Sequential(nn.Conv2d(512, 512, 3, bias=False))
+    d = 512 * 9
+    need = baselines.get_method("obc", {"parallel": "32"}).memory_needed(layer, "all")
+    hessian = d * d * 8
+    assert need.nbytes == hessian + working_bytes(1, 512, d, 32)
+    assert 32 * d * d * 4 <= need.nbytes - hessian < 512 * d * d * 4
+    assert "obc.parallel" in need.lower
 
 
 @pytest.mark.parametrize("chosen", [False, True])
