@@ -74,6 +74,13 @@ def test_method_tracks_read_the_shared_measurements() -> None:
     assert bench_methods.Methods.setup_cache.timeout >= 1800
 
 
+def test_repair_tracks_read_one_timing_per_repair() -> None:
+    bench = bench_phases.RepairPhase()
+    measured = {"forward": 2.0, "reflow": 5.0}
+    assert bench.track_repair_seconds(measured, "reflow") == 5.0
+    assert bench.track_repair_over_forward_ratio(measured, "reflow") == 2.5
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("cls", list(CHEAPEST_PARAMS), ids=lambda cls: cls.__name__)
 def test_setup_leaves_asv_attributes_alone(shared_home, cls) -> None:
@@ -82,6 +89,7 @@ def test_setup_leaves_asv_attributes_alone(shared_home, cls) -> None:
     args = (*shared, *CHEAPEST_PARAMS[cls])
     if hasattr(bench, "setup"):
         bench.setup(*args)
-    else:  # only a shared set-up: the timed body must leave them alone too
-        getattr(bench, next(n for n in dir(bench) if n.startswith("time_")))(*args)
+    else:  # only a shared set-up: the benchmark's body must leave them alone too
+        body = next(n for n in dir(bench) if n.startswith(("time_", "track_")))
+        getattr(bench, body)(*args)
     assert not ASV_ATTRIBUTES & set(vars(bench))
