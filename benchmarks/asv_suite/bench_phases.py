@@ -43,9 +43,7 @@ class RepairPhase:
     param_names = ["repair"]
     number, repeat, rounds, warmup_time = 1, 1, 1, 0
 
-    def setup_cache(self) -> dict:
-        import time
-
+    def setup_cache(self) -> dict[str, float]:
         import torch
 
         from reflow import baselines
@@ -59,17 +57,15 @@ class RepairPhase:
         )
         batches = list(calibration_batches(env, 0, settings()))
         ctx = RepairContext(calibration=lambda: batches, dense_model=env.model)
-        start = time.perf_counter()
-        with torch.no_grad():
+        measured = PhaseTimer()
+        with measured.phase("forward"), torch.no_grad():
             for x, _ in batches:
                 pruned(x)
-        measured = {"forward": time.perf_counter() - start}
         for repair in repair_names():
             model = copy.deepcopy(pruned)
-            start = time.perf_counter()
-            get_repair(repair).repair(model, ctx)
-            measured[repair] = time.perf_counter() - start
-        return measured
+            with measured.phase(repair):
+                get_repair(repair).repair(model, ctx)
+        return measured.seconds
 
     setup_cache.timeout = 900
 
