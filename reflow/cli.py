@@ -104,7 +104,7 @@ def _add_execution(p: argparse.ArgumentParser) -> None:
         help="where tasks run: serial (this process), dask (Dask distributed), submitit (SLURM)",
     )
     p.add_argument("--workers", type=int, help="dask: worker processes of a local cluster")
-    p.add_argument("--threads", type=int, help="dask/submitit: torch threads per worker")
+    p.add_argument("--threads", type=int, help="torch threads per worker (serial: in this process)")
     p.add_argument("--gpus", help="dask: comma list of GPU ids, one worker pinned to each")
     p.add_argument("--scheduler", help="dask: address of an existing cluster's scheduler")
     p.add_argument(

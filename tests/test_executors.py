@@ -8,6 +8,7 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 from reflow.baselines import METHODS
 
 from reflow.execute import ExecEnv
@@ -69,7 +70,10 @@ def _comparable(frame: pd.DataFrame) -> pd.DataFrame:
 
 def test_dask_rows_match_serial_and_come_from_two_pinned_processes(tmp_path) -> None:
     serial, dask = ResultStore(tmp_path / "serial"), ResultStore(tmp_path / "dask")
-    assert _run(serial)["ran"] == 8
+    threads_before = torch.get_num_threads()
+    assert _run(serial, threads=1)["ran"] == 8
+    assert set(serial.read().threads) == {1}  # --threads reaches the serial process too
+    assert torch.get_num_threads() == threads_before  # and is given back after the sweep
     counts = _run(dask, executor="dask", workers=2, threads=1, gpus="0,1")
     assert counts == {"done_before": 0, "duplicates": 0, "ran": 8, "errors": 0}
     frame = dask.read()

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
+
+import torch
 
 from reflow.errors import ReflowError
 from reflow.execute import ExecEnv, RowResult, execute
-from reflow.options import NoConfig
+from reflow.options import NoConfig, option
 from reflow.plan import Task
 from reflow.registry import Registry
 
@@ -57,14 +60,32 @@ def get_executor(name: str, options: dict[str, str] | None = None) -> Executor:
     return EXECUTORS.build(name, options)
 
 
+@dataclass(frozen=True)
+class SerialConfig:
+    # Iterative methods (M-FAC's 16 recomputation steps) amplify the last-bit differences that
+    # another thread count's reduction order makes: equal --threads reproduce a Dask row exactly.
+    threads: int = option(0, "torch threads in this process (torch.set_num_threads); 0: as is")
+
+    def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ReflowError("--threads must be at least 1 (or 0: torch's default)")
+
+
 @register
 class SerialExecutor(Executor):
     name = "serial"
     summary = "every task in this process, one after another (the default)"
+    Config = SerialConfig
 
     def run(self, tasks: list[Task], env: ExecEnv) -> Iterator[tuple[Task, list[RowResult]]]:
-        for task in tasks:
-            yield task, execute(task, env)
+        before = torch.get_num_threads()
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        try:
+            for task in tasks:
+                yield task, execute(task, env)
+        finally:
+            torch.set_num_threads(before)
 
 
 def crash_rows(task: Task, reason: str) -> list[RowResult]:
