@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -52,6 +53,19 @@ class Executor(ABC):
         """Release workers and clusters this executor started."""
 
 
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Every executor's one way to apply --threads: ``threads`` torch threads (0: leave torch's
+    count), the previous count given back after, so a library caller's process is left as it was."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 EXECUTORS: Registry[type[Executor]] = Registry("executor")
 register = EXECUTORS.register
 
@@ -78,14 +92,9 @@ class SerialExecutor(Executor):
     Config = SerialConfig
 
     def run(self, tasks: list[Task], env: ExecEnv) -> Iterator[tuple[Task, list[RowResult]]]:
-        before = torch.get_num_threads()
-        if self.config.threads:
-            torch.set_num_threads(self.config.threads)
-        try:
+        with torch_threads(self.config.threads):
             for task in tasks:
                 yield task, execute(task, env)
-        finally:
-            torch.set_num_threads(before)
 
 
 def crash_rows(task: Task, reason: str) -> list[RowResult]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from reflow.errors import ReflowError
 from reflow.execute import ExecEnv, RowResult, execute
-from reflow.executors.base import Executor, crash_rows, register
+from reflow.executors.base import Executor, crash_rows, register, torch_threads
 from reflow.options import option
 from reflow.plan import Task, family_batches
 
@@ -43,10 +43,8 @@ class DaskConfig:
 
 def run_in_worker(batch: tuple[Task, ...], env: ExecEnv, threads: int) -> list[list[RowResult]]:
     """The function every Dask task runs: this worker's thread count, then the batch's tasks."""
-    import torch
-
-    torch.set_num_threads(threads)
-    return [execute(task, env) for task in batch]
+    with torch_threads(threads):
+        return [execute(task, env) for task in batch]
 
 
 @register

@@ -18,7 +18,7 @@ from typing import Any
 
 from reflow.errors import ReflowError
 from reflow.execute import ExecEnv, RowResult, execute
-from reflow.executors.base import Executor, crash_rows, register
+from reflow.executors.base import Executor, crash_rows, register, torch_threads
 from reflow.executors.shards import read_shard, shard_name, write_shard
 from reflow.options import option
 from reflow.plan import Task, family_batches
@@ -47,15 +47,13 @@ class SubmititConfig:
 
 def run_shard(batch: tuple[Task, ...], env: ExecEnv, shards: list[str], threads: int) -> str:
     """One array task: each task's rows into its shard, unless an earlier attempt wrote it."""
-    import torch
-
-    torch.set_num_threads(threads)
     done = 0
-    for task, shard in zip(batch, shards, strict=True):
-        path = Path(shard)
-        if not path.is_file():
-            write_shard(path, execute(task, env))
-            done += 1
+    with torch_threads(threads):
+        for task, shard in zip(batch, shards, strict=True):
+            path = Path(shard)
+            if not path.is_file():
+                write_shard(path, execute(task, env))
+                done += 1
     return f"{done} of {len(batch)} tasks run"
 
 
