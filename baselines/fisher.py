@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from reflow.baselines.spd import spd_solve
 
 from reflow.errors import ReflowError
 
@@ -158,7 +159,7 @@ def obs_update_exact(
     """
     p = pruned.to(inverse.dtype)
     system = inverse * p.unsqueeze(-1) * p.unsqueeze(-2) + torch.diag_embed(1 - p)
-    z = torch.linalg.solve(system, (weights * p).unsqueeze(-1))
+    z = spd_solve(system, (weights * p).unsqueeze(-1))
     return -torch.bmm(inverse, z).squeeze(-1)
 
 
@@ -176,5 +177,5 @@ def obs_loss_increase(
     """Predicted loss increase ½ w_Kᵀ ([F⁻¹]_KK)⁻¹ w_K of the exact update, per block."""
     p = pruned.to(inverse.dtype)
     system = inverse * p.unsqueeze(-1) * p.unsqueeze(-2) + torch.diag_embed(1 - p)
-    z = torch.linalg.solve(system, (weights * p).unsqueeze(-1)).squeeze(-1)
+    z = spd_solve(system, weights * p)
     return 0.5 * (weights * p * z).sum(-1)

@@ -26,6 +26,7 @@ from reflow.baselines.layerwise import (
     weight_rows,
 )
 from reflow.baselines.registry import register
+from reflow.baselines.spd import spd_solve
 from torch import nn
 
 from reflow.masks import Pattern, prunable_parameters
@@ -142,7 +143,7 @@ def reconstruct(rows: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor) -
     k = keep.to(rows.dtype)
     system = hessian * k.unsqueeze(-1) * k.unsqueeze(-2) + torch.diag_embed(1 - k)
     rhs = (hessian @ (rows * (1 - k)).unsqueeze(-1)).squeeze(-1) * k
-    shift = torch.linalg.solve(system, rhs)
+    shift = spd_solve(system, rhs)
     return (rows + shift) * k
 
 

@@ -55,11 +55,14 @@ class Executor(ABC):
 
 @contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
-    """Every executor's one way to apply --threads: ``threads`` torch threads (0: leave torch's
-    count), the previous count given back after, so a library caller's process is left as it was."""
+    """Every executor's one way to apply --threads: ``threads`` torch threads, the previous count
+    given back after, so a library caller's process is left as it was. 0 calls nothing at all: an
+    explicit ``set_num_threads`` changes how MKL threads (see `reflow.baselines.spd`)."""
+    if not threads:
+        yield
+        return
     before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     try:
         yield
     finally:
