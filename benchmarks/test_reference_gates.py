@@ -7,8 +7,8 @@ changed value since the reference was recorded (the row identity holds only non-
 so this compares the stored full configs): `python benchmarks/make_reference.py`.
 
 By default the gates run each reference's CI part (ResNet-20: every method at 0.7; MobileNetV1:
-four cheap methods at 0.8). The MobileNetV1 reference holds the methods recorded so far
-(`make_reference.MOBILENET_METHODS`). REFLOW_GATE_SPARSITIES=0.4,0.9 or =all and
+four cheap methods at 0.8). The MobileNetV1 reference holds every registered method (OBC at
+0.8 only, as its sweep runs it). REFLOW_GATE_SPARSITIES=0.4,0.9 or =all and
 REFLOW_GATE_METHODS=all (or a comma list) run more.
 """
 
