@@ -38,6 +38,11 @@ def git_commit() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
+# Read when the code is imported, not at a process's first row: a commit made while a long sweep
+# runs must not be recorded for rows computed by the code that sweep loaded before it.
+git_commit()
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -49,6 +52,14 @@ def test_grid_rows_and_columns(tmp_path) -> None:
     probes = store.read("probes")
     assert len(probes) == 8 * 19  # every BN layer of every row
     assert len(store.read("layers")) == 8 * 20
+
+
+def test_commit_is_read_when_the_code_is_imported() -> None:
+    """A row names the commit of the code its process loaded: a commit made during a long sweep,
+    before its first row finished, was once recorded for rows the older code computed."""
+    probe = "import reflow.provenance as p; print(p.git_commit.cache_info().currsize)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.stdout.strip() == "1", done.stderr[-1000:]
 
 
 def test_same_seed_same_results(tmp_path) -> None:
