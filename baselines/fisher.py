@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from reflow.baselines.spd import spd_solve
+from reflow.baselines.spd import support_solve
 
 from reflow.errors import ReflowError
 
@@ -154,13 +154,10 @@ def obs_update_exact(
 ) -> torch.Tensor:
     """Exact multi-weight OBS: δw = −F⁻¹[:, K] ([F⁻¹]_KK)⁻¹ w_K for the pruned set K of each block.
 
-    Batched over blocks with varying |K| by solving (P F⁻¹ P + (I − P)) z = P w, which is
-    [F⁻¹]_KK ⊕ I in disguise, so z_K = ([F⁻¹]_KK)⁻¹ w_K and z elsewhere is 0.
+    Batched over blocks with varying |K|: z_K = ([F⁻¹]_KK)⁻¹ w_K, z elsewhere 0.
     """
-    p = pruned.to(inverse.dtype)
-    system = inverse * p.unsqueeze(-1) * p.unsqueeze(-2) + torch.diag_embed(1 - p)
-    z = spd_solve(system, (weights * p).unsqueeze(-1))
-    return -torch.bmm(inverse, z).squeeze(-1)
+    z = support_solve(inverse, pruned, weights)
+    return -torch.bmm(inverse, z.unsqueeze(-1)).squeeze(-1)
 
 
 def obs_update_woodfisher(
@@ -175,7 +172,5 @@ def obs_loss_increase(
     weights: torch.Tensor, inverse: torch.Tensor, pruned: torch.Tensor
 ) -> torch.Tensor:
     """Predicted loss increase ½ w_Kᵀ ([F⁻¹]_KK)⁻¹ w_K of the exact update, per block."""
-    p = pruned.to(inverse.dtype)
-    system = inverse * p.unsqueeze(-1) * p.unsqueeze(-2) + torch.diag_embed(1 - p)
-    z = spd_solve(system, weights * p)
-    return 0.5 * (weights * p * z).sum(-1)
+    z = support_solve(inverse, pruned, weights)
+    return 0.5 * (weights * pruned * z).sum(-1)

@@ -26,7 +26,7 @@ from reflow.baselines.layerwise import (
     weight_rows,
 )
 from reflow.baselines.registry import register
-from reflow.baselines.spd import spd_solve
+from reflow.baselines.spd import support_solve
 from torch import nn
 
 from reflow.masks import Pattern, prunable_parameters
@@ -137,13 +137,11 @@ def working_bytes(groups: int, rows: int, d: int, parallel: int) -> int:
 def reconstruct(rows: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """The least-squares row on each row's kept support: w_K + H_KK⁻¹H_KP w_P, w_P = 0.
 
-    Batched over rows with different supports by solving (H∘kkᵀ + diag(1 − k)) z = (H(w∘p))∘k.
-    ``hessian`` is (R, d, d), one per row.
+    Batched over rows with different supports (`support_solve`); ``hessian`` is (R, d, d), one
+    per row.
     """
     k = keep.to(rows.dtype)
-    system = hessian * k.unsqueeze(-1) * k.unsqueeze(-2) + torch.diag_embed(1 - k)
-    rhs = (hessian @ (rows * (1 - k)).unsqueeze(-1)).squeeze(-1) * k
-    shift = spd_solve(system, rhs)
+    shift = support_solve(hessian, keep, (hessian @ (rows * (1 - k)).unsqueeze(-1)).squeeze(-1))
     return (rows + shift) * k
 
 

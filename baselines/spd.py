@@ -30,3 +30,12 @@ def spd_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             flat_x[i] = torch.linalg.solve(flat_a[i], flat_rhs[i])
         x = flat_x.reshape(x.shape)
     return x.squeeze(-1) if vector else x
+
+
+def support_solve(matrix: torch.Tensor, support: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """x with x_S = M_SS⁻¹ rhs_S on each member's support S and 0 elsewhere, for a batch whose
+    supports differ in size: one SPD solve of (M∘ssᵀ + diag(1 − s)) x = rhs∘s, M_SS ⊕ I in
+    disguise. ``matrix`` (..., d, d) SPD, ``support`` (..., d) bool, ``rhs`` (..., d)."""
+    s = support.to(matrix.dtype)
+    system = matrix * s.unsqueeze(-1) * s.unsqueeze(-2) + torch.diag_embed(1 - s)
+    return spd_solve(system, rhs * s)
