@@ -2,6 +2,7 @@
 
     python benchmarks/interrupt_drill.py --out /tmp/drill                 # serial, 20 interrupts
     python benchmarks/interrupt_drill.py --out /tmp/drill-dask --executor dask --kill-workers
+    python benchmarks/interrupt_drill.py --out /tmp/drill-2 --drivers 2 --interrupts 0
 
 Runs a 72-row grid (resnet20 on synthetic data: 3 methods × 2 repairs × 6 sparsities × 2
 seeds) as a `reflow run` subprocess, interrupts it at random moments (SIGINT or SIGKILL of the
@@ -9,6 +10,10 @@ driver; with ``--kill-workers``, SIGKILL of a Dask worker process mid-task inste
 time), restarts it, and after the last interruption runs it to the end. Then it counts rows,
 duplicate keys, and probe or layer rows without a result row. Not a test (it takes minutes);
 its output is what the issue notes quote.
+
+With ``--drivers N`` it starts N `reflow run` processes on the same folder at once (interrupting
+one of them at random each round, if ``--interrupts``), then reports how many rows each driver
+computed: with claims (`reflow.claims`) their sum is the grid's size, every row computed once.
 """
 
 from __future__ import annotations
@@ -100,7 +105,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--earliest", type=float, default=8.0, help="seconds before an interrupt")
     parser.add_argument("--latest", type=float, default=16.0)
+    parser.add_argument("--drivers", type=int, default=1, help="drivers on one folder at once")
     args = parser.parse_args()
+    if args.drivers > 1:
+        return drivers_drill(args)
     rng = random.Random(args.seed)
     command = [*RUN, "--out", str(args.out), "--executor", args.executor]
     if args.executor == "dask":
@@ -144,6 +152,43 @@ def main() -> None:
     rerun = subprocess.run(command, capture_output=True, text=True)
     print(rerun.stdout.strip().splitlines()[-1] if rerun.stdout.strip() else rerun.stderr[-500:])
     print(f"interrupts: {kinds}; wall {time.perf_counter() - start:.0f} s")
+    for key, value in check(args.out).items():
+        print(f"{key}: {value}")
+
+
+def drivers_drill(args: argparse.Namespace) -> None:
+    """N drivers on one folder: interrupt one of them per round, then let them all finish."""
+    rng = random.Random(args.seed)
+    command = [*RUN, "--out", str(args.out)]
+    start = time.perf_counter()
+    for round_ in range(args.interrupts):
+        procs = [
+            subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(args.drivers)
+        ]
+        time.sleep(rng.uniform(args.earliest, args.latest))
+        victim = rng.choice(procs)
+        victim.send_signal(rng.choice([signal.SIGINT, signal.SIGKILL]))
+        time.sleep(rng.uniform(1.0, 4.0))
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+            proc.wait()
+        state = check(args.out) if (args.out / "results.sqlite").exists() else {}
+        print(f"round {round_ + 1}: {state.get('rows', 0)} rows so far", flush=True)
+    procs = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(args.drivers)
+    ]
+    ran = []
+    for i, proc in enumerate(procs):
+        out, err = proc.communicate()
+        line = out.strip().splitlines()[-1] if out.strip() else err[-500:]
+        print(f"driver {i + 1} (exit {proc.returncode}): {line}")
+        ran.append(int(line.split(" rows run")[0].split()[-1]) if " rows run" in line else -1)
+    print(f"rows computed by the final drivers: {ran} (sum {sum(ran)})")
+    db = sqlite3.connect(args.out / "results.sqlite")
+    workers = db.execute("SELECT worker, COUNT(*) FROM results GROUP BY worker").fetchall()
+    print(f"rows per worker process: {dict(workers)}; wall {time.perf_counter() - start:.0f} s")
     for key, value in check(args.out).items():
         print(f"{key}: {value}")
 

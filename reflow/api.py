@@ -12,7 +12,9 @@ every changed layer's shape so that `load_pruned` rebuilds the smaller network f
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,16 +25,18 @@ import torch
 from torch import nn
 
 from reflow import baselines
-from reflow.atomic import atomic_write
+from reflow.atomic import write_temporary
 from reflow.baselines.base import PruneContext
 from reflow.data import Batch
 from reflow.errors import ReflowError
+from reflow.harness import check_seed
 from reflow.masks import Masks, Pattern, apply_masks, check_sparsity, sparsity_of
 from reflow.options import non_default
+from reflow.paths import check_output
 from reflow.provenance import git_commit
 from reflow.repairs import RepairContext, get_repair
-from reflow.tensor_cache import atomic_torch_save
 from reflow.timing import PhaseTimer
+from reflow.zoo import check_finite
 
 
 @dataclass
@@ -83,6 +87,27 @@ def batch_sampler(batches: Sequence[Batch] | None) -> Callable[[int, int], list[
     return sample
 
 
+def _batches(batches: Iterable[Batch] | None, name: str, labelled: bool) -> list[Batch] | None:
+    """``batches`` as a list of (images, labels): a batch may be a tensor of images or a pair
+    whose labels are None where no labels are needed (repairs and layer inputs read images
+    only; their labels are filled with -1, which any loss refuses)."""
+    if batches is None:
+        return None
+    out = []
+    for i, batch in enumerate(batches):
+        x, y = (batch, None) if isinstance(batch, torch.Tensor) else tuple(batch)
+        if not isinstance(x, torch.Tensor) or x.dim() < 2 or len(x) == 0:
+            raise ReflowError(f"{name}= batch {i} holds no images (expected a tensor N×C×H×W)")
+        if y is None:
+            if labelled:
+                raise ReflowError(f"{name}= batch {i} has no labels; gradients need (x, y)")
+            y = torch.full((len(x),), -1, dtype=torch.long)
+        out.append((x, y))
+    if not out:
+        raise ReflowError(f"{name}= is empty; pass at least one batch of images")
+    return out
+
+
 def prune(
     model: nn.Module,
     sparsity: float | None = None,
@@ -105,8 +130,14 @@ def prune(
     ``pattern`` ("2:4", …) constrains score-based methods and fixes the sparsity. Returns the
     pruned model (a copy unless ``inplace``) and a `PruneReport`.
     """
-    calibration = list(calibration) if calibration is not None else None
-    train = list(train) if train is not None else None
+    if sparsity is not None and (
+        isinstance(sparsity, bool) or not isinstance(sparsity, int | float)
+    ):
+        raise ReflowError(f"sparsity must be a number in [0, 1) (e.g. 0.8), got {sparsity!r}")
+    check_seed(seed)
+    calibration = _batches(calibration, "calibration", labelled=False)
+    train = _batches(train, "train", labelled=True)
+    check_finite(model.state_dict(), "the model")
     chosen = baselines.get_method(method, options)
     fixer = get_repair(repair, repair_options)
     if pattern:
@@ -195,28 +226,93 @@ def layer_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
     return shapes
 
 
+def pruned_files(path: Path | str, masks: bool = False) -> dict[str, Path]:
+    """The files `save_pruned` writes for ``path``: the state dict, its card (``.json``) and,
+    with ``masks``, the masks (``.masks.pt``)."""
+    path = Path(path)
+    files = {"state_dict": path, "card": path.with_suffix(".json")}
+    if masks:
+        files["masks"] = path.with_suffix(".masks.pt")
+    return files
+
+
+def check_save_target(
+    path: Path | str, masks: bool = False, overwrite: bool = False, keep: Iterable[Path] = ()
+) -> dict[str, Path]:
+    """Refuse, before any work, a save target that cannot be written or would destroy a file:
+    a directory, an unwritable folder, a path whose card would be itself (``x.json``), a file in
+    ``keep`` (the input checkpoint), or an existing file unless ``overwrite``."""
+    files = pruned_files(path, masks)
+    if Path(path).suffix == ".json":
+        raise ReflowError(
+            f"--save {path}: the card is written beside the weights as .json, so it would "
+            "overwrite them; save the weights as .pt"
+        )
+    protected = {Path(k).resolve() for k in keep}
+    for what, target in files.items():
+        check_output(target, "--save")
+        if target.resolve() in protected:
+            raise ReflowError(
+                f"--save {path}: the {what.replace('_', ' ')} would overwrite the input "
+                f"checkpoint {target}; save elsewhere"
+            )
+    existing = [str(t) for t in files.values() if t.exists()]
+    if existing and not overwrite:
+        raise ReflowError(
+            f"--save {path}: {', '.join(existing)} exist(s); pass --force to replace, or save "
+            "elsewhere"
+        )
+    return files
+
+
 def save_pruned(
     model: nn.Module,
     path: Path | str,
     card: dict[str, Any] | None = None,
     masks: Masks | None = None,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write the state dict to ``path``, a JSON card beside it (``.json``) and, when given, the
-    masks (``.masks.pt``). Files are written atomically."""
-    path = Path(path)
+    masks (``.masks.pt``). An existing file is replaced only with ``overwrite``.
+
+    Every file is written under a temporary name first; then an old card is removed, the weights
+    and masks are moved into place and the card comes last, carrying the weights' sha256. A
+    reader (`load_pruned`) therefore never takes the weights of one run with the card of
+    another: it finds no card, or a card whose digest it checks."""
+    files = check_save_target(path, masks is not None, overwrite)
     card = dict(card or {})
     card["layer_shapes"] = layer_shapes(model)
-    card["files"] = {"state_dict": path.name, "card": path.with_suffix(".json").name}
-    written = [path, path.with_suffix(".json")]
-    atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
-    if masks is not None:
-        target = path.with_suffix(".masks.pt")
-        atomic_torch_save({k: v.cpu() for k, v in masks.items()}, target)
-        card["files"]["masks"] = target.name
-        written.append(target)
-    text = json.dumps(card, indent=2, sort_keys=True, default=str)
-    atomic_write(path.with_suffix(".json"), lambda f: f.write(text))
-    return written
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    temporary: dict[str, Path] = {}
+    try:
+        temporary["state_dict"] = write_temporary(
+            files["state_dict"], lambda f: torch.save(state, f), binary=True
+        )
+        if masks is not None:
+            saved = {k: v.cpu() for k, v in masks.items()}
+            temporary["masks"] = write_temporary(
+                files["masks"], lambda f: torch.save(saved, f), binary=True
+            )
+        card["files"] = {k: files[k].name for k in ("state_dict", "card", *temporary)}
+        card["state_dict_sha256"] = _sha256(temporary["state_dict"])
+        text = json.dumps(card, indent=2, sort_keys=True, default=str)
+        temporary["card"] = write_temporary(files["card"], lambda f: f.write(text))
+        files["card"].unlink(missing_ok=True)
+        for what in ("state_dict", "masks", "card"):
+            if what in temporary:
+                os.replace(temporary.pop(what), files[what])
+    finally:
+        for leftover in temporary.values():
+            leftover.unlink(missing_ok=True)
+    return list(files.values())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def reshape_like(model: nn.Module, shapes: dict[str, dict[str, int]]) -> nn.Module:
@@ -267,6 +363,12 @@ def load_pruned(path: Path | str, build: Callable[[], nn.Module] | None = None) 
     if not card_path.is_file():
         raise ReflowError(f"no card beside {path} (looked for {card_path})")
     card = json.loads(card_path.read_text())
+    expected = card.get("state_dict_sha256")
+    if expected and _sha256(path) != expected:
+        raise ReflowError(
+            f"{path} is not the state dict its card {card_path} describes (sha256 differs): the "
+            "files come from two different saves; save the model again"
+        )
     if build is None:
         from reflow.zoo import get_entry
 

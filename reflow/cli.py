@@ -14,18 +14,21 @@ import pandas as pd
 from reflow import baselines
 from reflow.data import list_datasets
 from reflow.errors import ReflowError
-from reflow.execute import ExecEnv, load_plugins
+from reflow.execute import ExecEnv
 from reflow.executors import EXECUTORS, Executor, get_executor
-from reflow.harness import Grid
+from reflow.harness import Grid, check_seed
 from reflow.masks import SCOPES, Pattern
 from reflow.options import describe_config
-from reflow.plan import Experiment, validate
+from reflow.paths import check_output
+from reflow.plan import Experiment
 from reflow.repairs import REPAIRS
 from reflow.results import ResultStore
-from reflow.runner import run_experiments
+from reflow.runner import MAX_ROWS, check_run, run_experiments
 from reflow.settings import DENSE_BN, Settings
 from reflow.tables import FORMATS, LAYOUTS, table_for
 from reflow.zoo import MODELS
+
+RESUME = "interrupted; finished rows are saved, run the same command to resume"
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -122,6 +125,12 @@ def _add_execution(p: argparse.ArgumentParser) -> None:
         help="import MODULE (in every worker) first, e.g. one registering your own method",
     )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help=f"run a grid of more than {MAX_ROWS:,} rows (refused without it)",
+    )
+    p.set_defaults(interrupt=RESUME)
 
 
 def _executor(args: argparse.Namespace, out: Path) -> Executor:
@@ -277,19 +286,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(experiments: list[Experiment], args: argparse.Namespace) -> int:
-    """Validate everything, then open the store and run: bad input writes nothing."""
+    """Check everything once, then open the store and run: bad input writes nothing."""
     env, executor = _env(args), _executor(args, args.out)
-    load_plugins(env.plugins)
-    validate(experiments, args.data_root, env.device)
-    executor.check()
+    check_run(experiments, env, executor, yes=args.yes)
     start, store = time.perf_counter(), ResultStore(args.out)
-    counts = run_experiments(experiments, store, executor, env, progress=not args.no_progress)
+    counts = run_experiments(
+        experiments, store, executor, env, progress=not args.no_progress, checked=True
+    )
     return _summarise(counts, start, store)
 
 
 def _summarise(counts: dict[str, int], start: float, store: ResultStore) -> int:
     """Print what a run or sweep did; exit status 1 when any row ended in an error."""
     shared = f", {counts['duplicates']} declared twice" if counts.get("duplicates") else ""
+    if counts.get("by_others"):
+        shared += f", {counts['by_others']} computed by another driver on this folder"
     print(
         f"{counts['ran']} rows run ({counts['errors']} with errors), {counts['done_before']} "
         f"already done{shared}, in {time.perf_counter() - start:.1f} s; results in "
@@ -324,11 +335,17 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", type=Path, required=True, help="state dict path, e.g. pruned.pt")
     p.add_argument("--save-masks", action="store_true", help="also write PATH.masks.pt")
+    p.add_argument(
+        "--force", action="store_true", help="replace existing files at --save (and its card)"
+    )
     p.add_argument("--no-eval", action="store_true", help="skip the dense and pruned top-1")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-root", type=Path, default=None)
     _add_settings(p)
-    p.set_defaults(func=_cmd_prune)
+    p.set_defaults(
+        func=_cmd_prune,
+        interrupt="interrupted; no file was written (prune writes its files at the end, together)",
+    )
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
@@ -340,6 +357,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         sparsity = Pattern.parse(settings.pattern).sparsity
     if sparsity is None:
         raise ReflowError("--sparsity is required (or --pattern N:M, which implies it)")
+    check_seed(args.seed)
     card = prune_and_save(
         args.model,
         args.dataset,
@@ -354,6 +372,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         evaluate=not args.no_eval,
         device=args.device,
         data_root=args.data_root,
+        force=args.force,
     )
     top1 = (
         f"; top-1 {card['dense_top1']:.2f} dense → {card['pruned_top1']:.2f}"
@@ -377,7 +396,17 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
-    frame = ResultStore(args.folder, create=False).read()
+    frame = ResultStore(args.folder, readonly=True).read()
+    metrics = sorted(
+        c
+        for c in frame.columns
+        if pd.api.types.is_numeric_dtype(frame[c]) and c not in {"seed", "sparsity"}
+    )
+    if args.metric not in metrics:
+        raise ReflowError(
+            f"unknown --metric {args.metric!r}; numeric columns of this store: "
+            + ", ".join(metrics)
+        )
     for title, text in table_for(
         frame,
         layout=args.layout,
@@ -400,8 +429,13 @@ def _cmd_table(args: argparse.Namespace) -> int:
 def _cmd_collapse(args: argparse.Namespace) -> int:
     from reflow.tables import filter_rows
 
-    store = ResultStore(args.folder, create=False)
+    store = ResultStore(args.folder, readonly=True)
     probes = store.read("probes")
+    if probes.empty:
+        raise ReflowError(
+            f"{args.folder} has no probe rows (variance ratios); they are written by runs with "
+            "--probe-samples above 0 (the default is 2000)"
+        )
     rows = filter_rows(
         probes,
         model=args.model,
@@ -519,7 +553,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from reflow.plots import plot_all
 
-    store = ResultStore(args.folder, create=False)
+    check_output(args.out, "--out", folder=True)
+    store = ResultStore(args.folder, readonly=True)
     written = plot_all(store.read(), store.read("probes"), args.out, args.only)
     for name, paths in written.items():
         print(f"{name:<20} " + (", ".join(map(str, paths)) if paths else "skipped: no rows for it"))
@@ -534,17 +569,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    store = ResultStore(args.folder, create=False)
+    if args.to is not None:
+        check_output(args.to, "--to", folder=True)
+    store = ResultStore(args.folder, readonly=args.to is not None)
     for path in store.export(args.format, args.to):
         print(f"wrote {path}")
     return 0
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from reflow.executors.shards import merge_shards
+    from reflow.executors.shards import merge_shards, read_shards
 
+    folder = args.shards or args.folder / "submitit" / "shards"
+    shards = read_shards(folder)  # every shard read and checked before the store is touched
     store = ResultStore(args.folder)
-    added, skipped = merge_shards(store, args.shards or args.folder / "submitit" / "shards")
+    added, skipped = merge_shards(store, folder, shards)
     store.export("csv")
     print(f"merged {added} rows ({skipped} already in the store) into {store.folder}")
     return 0
@@ -635,10 +674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `reflow table ... | head`
         return 0
     except KeyboardInterrupt:
-        print(
-            "\nreflow: interrupted; finished rows are saved, run the same command to resume",
-            file=sys.stderr,
-        )
+        print(f"\nreflow: {getattr(args, 'interrupt', 'interrupted')}", file=sys.stderr)
         return 130
 
 

@@ -145,30 +145,52 @@ def _stream_seed(seed: int, stream: str) -> int:
 
 
 def _image_files(split_dir: Path) -> tuple[list[Path], list[int], list[str]]:
+    """Every file of an ImageFolder split, with labels; an empty split or class is an error."""
     classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    if not classes:
+        raise ReflowError(f"{split_dir} has no class folders (expected {split_dir}/<class>/*.jpg)")
     files, labels = [], []
     for label, cls in enumerate(classes):
         names = sorted(e.name for e in os.scandir(split_dir / cls) if e.is_file())
+        if not names:
+            raise ReflowError(f"class folder {split_dir / cls} holds no images")
         files += [split_dir / cls / n for n in names]
         labels += [label] * len(names)
     return files, labels, classes
 
 
 def _fingerprint(files: list[Path]) -> str:
-    """Cheap identity of a folder of images: names and sizes, no decoding."""
+    """Cheap identity of a folder of images without decoding: names, sizes and modification
+    times, so an image edited in place (same size) invalidates the decoded cache."""
     digest = hashlib.sha256()
     for f in files:
-        digest.update(f"{f.parent.name}/{f.name}:{f.stat().st_size}\n".encode())
+        stat = f.stat()
+        digest.update(f"{f.parent.name}/{f.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def _decode(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except Exception as exc:  # PIL raises many types for a damaged file
+        raise ReflowError(
+            f"cannot decode image {path} ({type(exc).__name__}: {exc}); replace or remove it"
+        ) from None
 
 
 def _decode_folder(files: list[Path], labels: list[int], desc: str) -> dict[str, torch.Tensor]:
     """Decode with PIL, the loader torchvision's ImageFolder uses, so pixels match it exactly."""
-    first = np.asarray(Image.open(files[0]).convert("RGB"))
+    first = _decode(files[0])
     images = np.empty((len(files), *first.shape), dtype=np.uint8)
     for i, f in enumerate(tqdm(files, desc=desc, unit="img", mininterval=1.0)):
-        with Image.open(f) as img:
-            images[i] = np.asarray(img.convert("RGB"))
+        pixels = _decode(f)
+        if pixels.shape != first.shape:
+            raise ReflowError(
+                f"image {f} is {pixels.shape[1]}x{pixels.shape[0]}, the split's images are "
+                f"{first.shape[1]}x{first.shape[0]} (from {files[0].name}); replace or remove it"
+            )
+        images[i] = pixels
     return {
         "images": torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
         "labels": torch.tensor(labels, dtype=torch.int64),
@@ -291,21 +313,33 @@ def list_datasets() -> list[str]:
     return list(_LOADERS)
 
 
-def check_dataset(name: str, root: Path | None = None) -> None:
-    """Raise now, before any row runs, if ``name``'s folders are missing (nothing is decoded)."""
+def check_dataset(name: str, root: Path | None = None) -> dict[str, int] | None:
+    """Raise now, before any row runs, if ``name``'s folders are missing or empty (nothing is
+    decoded); returns the split sizes where they are known without decoding."""
     if name not in _LOADERS:
         raise unknown_name("dataset", name, _LOADERS)
     base = Path(root) if root else paths.data_root()
-    needed = {
-        "cifar10-jpeg": ("cifar10-jpeg/train", "cifar10-jpeg/test"),
-        "imagenet": ("imagenet/train", "imagenet/val"),
-    }.get(name, ())
-    for folder in needed:
-        _require_dir(
-            base / folder,
-            "Set REFLOW_HOME (e.g. REFLOW_HOME=../shared) or pass --data-root; see "
-            "datasets/README.md.",
-        )
+    how = (
+        "Set REFLOW_HOME (e.g. REFLOW_HOME=../shared) or pass --data-root; see datasets/README.md."
+    )
+    if name == "cifar10-jpeg":
+        sizes = {}
+        for split in ("train", "test"):
+            files, _, classes = _image_files(_require_dir(base / "cifar10-jpeg" / split, how))
+            if tuple(classes) != CIFAR10_CLASSES:
+                raise ReflowError(
+                    f"{base / 'cifar10-jpeg' / split} has classes {classes}, expected "
+                    f"{list(CIFAR10_CLASSES)}"
+                )
+            sizes[split] = len(files)
+        return sizes
+    if name == "imagenet":
+        for folder in ("imagenet/train", "imagenet/val"):
+            _require_dir(base / folder, how)
+        return None
+    if name == "synthetic":
+        return {"train": 6400, "test": 1000}
+    return {"train": 50000, "test": 10000}  # cifar10
 
 
 def load_dataset(name: str, root: Path | None = None, input_size: int = 32) -> ImageData:

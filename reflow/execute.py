@@ -56,6 +56,12 @@ class ExecEnv:
     plugins: tuple[str, ...] = ()
 
 
+class SetupFailed(ReflowError):
+    """Loading a model or its data failed for a reason every task of the set-up shares (a corrupt
+    image, a broken checkpoint): the run stops with one line instead of storing an error row per
+    task and decoding the data again for each."""
+
+
 @dataclass
 class RowResult:
     row: dict
@@ -70,8 +76,15 @@ SETUPS_KEPT = 4
 
 
 def load_plugins(plugins: tuple[str, ...]) -> None:
+    """Import each ``--plugin`` module (it registers its methods or repairs)."""
     for name in plugins:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            raise ReflowError(
+                f"--plugin {name}: cannot import it ({type(exc).__name__}: {exc}); the module "
+                "must be importable here and in every worker (check PYTHONPATH)"
+            ) from None
 
 
 def cached_setup(key: SetupKey, env: ExecEnv) -> Setup:
@@ -106,8 +119,8 @@ def execute(task: Task, env: ExecEnv) -> list[RowResult]:
     try:
         setup = cached_setup(task.setup, env)
         dense = dense_evaluation(setup, task.settings, env.progress)
-    except Exception as exc:  # the set-up itself failed: every row carries the error
-        return [RowResult(_error_row(task, spec, None, exc)) for spec in task.rows]
+    except ReflowError as exc:  # bad data or weights: every task would fail the same way
+        raise SetupFailed(f"{task.setup.model} on {task.setup.dataset}: {exc}") from None
     method = baselines.get_method(task.method, task.settings.options.get(task.method))
     if setup.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(setup.device)
@@ -151,9 +164,12 @@ def _provenance(task: Task, spec: RowSpec, setup: Setup | None) -> dict:
     method = baselines.get_method(task.method, task.settings.options.get(task.method))
     repair = get_repair(spec.repair, task.settings.options.get(spec.repair))
     config = full_config(method.config, repair.config, task.settings)
+    ref = task.setup.checkpoint
     return {
         **_key(task, spec),
         "run_id": run_id(spec.key),
+        "checkpoint_label": ref.label,
+        "checkpoint_sha256": ref.sha256,
         "experiment": task.experiment,
         "scope": task.settings.scope,
         "pattern": task.settings.pattern or None,

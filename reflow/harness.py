@@ -41,7 +41,7 @@ from reflow.repairs import Repair, RepairContext, get_repair, list_repairs
 from reflow.results import ResultStore
 from reflow.settings import Settings
 from reflow.timing import PhaseTimer
-from reflow.zoo import LoadedModel, get_entry, get_model
+from reflow.zoo import CheckpointRef, LoadedModel, get_entry, get_model
 
 PHASES = ("select", "collect", "inverse", "solve", "update", "apply", "repair", "evaluate")
 
@@ -71,6 +71,8 @@ class Grid:
         ):
             if not seq:
                 raise ReflowError(f"no {what} given")
+            if what != "sparsity" and not all(isinstance(x, str) for x in seq):
+                raise ReflowError(f"{what} names must be strings, got {list(seq)!r}")
         for m in self.models:
             get_entry(m)
         for d in self.datasets:
@@ -82,7 +84,14 @@ class Grid:
             if r not in list_repairs():
                 raise unknown_name("repair", r, list_repairs())
         for s in self.sparsities:
+            if isinstance(s, bool) or not isinstance(s, int | float):
+                raise ReflowError(f"sparsity must be a number in [0, 1), got {s!r}")
             check_sparsity(s)
+        for seed in self.seeds:
+            check_seed(seed)
+        for checkpoint in self.checkpoints:
+            if checkpoint is not None and not isinstance(checkpoint, str):
+                raise ReflowError(f"checkpoints are names or paths, got {checkpoint!r}")
 
     def size(self) -> int:
         return math.prod(
@@ -101,14 +110,46 @@ class Grid:
         )
 
 
+#: Seeds are stored as SQLite INTEGER and seed torch generators: both take [0, 2**63).
+SEED_LIMIT = 2**63
+
+
+def check_seed(seed: object) -> None:
+    """Seeds are integers in [0, 2**63): a float (1.9) would be truncated to another seed."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise ReflowError(f"seeds are integers in [0, 2**63), got {seed!r}")
+
+
 def pick_device(name: str = "auto") -> torch.device:
+    """The device ``name`` means on this machine; a one-line error if it has no such device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ReflowError(
-            f"device {name!r} asked for, but no CUDA device is available; use --device cpu"
-        )
-    return torch.device(name)
+    device = parse_device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ReflowError(
+                f"device {name!r} asked for, but no CUDA device is available; use --device cpu"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ReflowError(
+                f"device {name!r} asked for, but this machine has {count} CUDA device(s) "
+                f"(cuda:0 … cuda:{count - 1})"
+            )
+    return device
+
+
+def parse_device(name: str) -> torch.device:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or another torch device string, checked."""
+    if name == "auto":
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ReflowError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in {"cpu", "cuda", "mps", "xpu"}:
+        raise ReflowError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+    return device
 
 
 @dataclass
@@ -130,7 +171,7 @@ class Setup:
 def load_setup(
     model: str,
     dataset: str,
-    checkpoint: str | None = None,
+    checkpoint: str | CheckpointRef | None = None,
     device: torch.device | str = "cpu",
     data_root: Path | None = None,
     seed: int = 0,

@@ -42,3 +42,24 @@ def cache_dir() -> Path:
         return Path(explicit).expanduser().resolve()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "reflow"
+
+
+def check_output(path: Path, flag: str, folder: bool = False) -> Path:
+    """Raise a one-line error, before any work, when ``path`` cannot be written as a file (or,
+    with ``folder``, as a folder): it is the other kind of thing, or one of its parents is a
+    file. Returns the path."""
+    from reflow.errors import ReflowError
+
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise ReflowError(f"{flag} {path} is a file; pass a folder")
+    if not folder and path.is_dir():
+        raise ReflowError(f"{flag} {path} is a directory; pass a file path")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ReflowError(f"{flag} {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK):
+                raise ReflowError(f"{flag} {path}: cannot write into {parent}")
+            break
+    return path

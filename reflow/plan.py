@@ -9,7 +9,9 @@ apply, ``--recalibrate-layers`` ranges, N:M patterns, data and checkpoint files.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -27,7 +29,7 @@ from reflow.recalibrate import select_layers
 from reflow.repairs import REPAIRS, get_repair
 from reflow.results import KEY, row_key
 from reflow.settings import Settings
-from reflow.zoo import check_checkpoint, checkpoint_label, get_entry
+from reflow.zoo import CheckpointRef, check_checkpoint, get_entry, resolve_checkpoint
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,9 @@ class SetupKey:
     """What a worker loads once and reuses: model weights on data, dense BN as set."""
 
     model: str
-    checkpoint: str | None
+    #: The resolved weights (a user file carries its digest: a file changed after planning is
+    #: refused when a worker loads it).
+    checkpoint: CheckpointRef
     dataset: str
     dense_bn: str = "checkpoint"
 
@@ -74,6 +78,12 @@ class Task:
         return f"{self.setup.model} {self.method} s={self.sparsity:g} seed={self.seed}"
 
 
+def task_id(task: Task) -> str:
+    """Stable name of a task: a digest of its row keys (claims and shard files use it)."""
+    keys = json.dumps([list(spec.key) for spec in task.rows])
+    return hashlib.sha256(keys.encode()).hexdigest()[:16]
+
+
 def validate(
     experiments: list[Experiment], data_root: Path | None = None, device: str = "auto"
 ) -> None:
@@ -92,11 +102,30 @@ def validate(
                 _check_pattern(grid, pattern)
             for model in grid.models:
                 _check_model(model, grid, settings, host)
+        for dataset in grid.datasets:
+            sizes = check_dataset(dataset, data_root)
+            for settings in experiment.settings:
+                _check_calibration(grid, settings, dataset, sizes)
         for model, checkpoint, dataset in itertools.product(
             grid.models, grid.checkpoints, grid.datasets
         ):
-            check_dataset(dataset, data_root)
             check_checkpoint(model, checkpoint, dataset)
+
+
+def _check_calibration(
+    grid: Grid, settings: Settings, dataset: str, sizes: dict[str, int] | None
+) -> None:
+    """Repairs draw calib_batches × calib_batch_size distinct train images: enough must exist."""
+    need = settings.calib_batches * settings.calib_batch_size
+    if not sizes or need <= sizes["train"]:
+        return
+    users = [r for r in grid.repairs if "calibration" in get_repair(r, None).needs]
+    if users:
+        raise ReflowError(
+            f"calibration asks for {settings.calib_batches} × {settings.calib_batch_size} = "
+            f"{need:,} images but the {dataset} train split has {sizes['train']:,} (repairs "
+            f"{', '.join(users)}); lower --calib-batches or --calib-batch-size"
+        )
 
 
 def _check_options(name: str, grid: Grid, settings: Settings) -> None:
@@ -202,6 +231,7 @@ def plan(experiments: list[Experiment], finished: set[tuple]) -> Plan:
     """Tasks for every row not in ``finished``; a row declared twice is planned once."""
     result = Plan([])
     planned: set[tuple] = set()
+    refs: dict[tuple, CheckpointRef] = {}
     for experiment in experiments:
         grid = experiment.grid
         for settings in experiment.settings:
@@ -213,14 +243,16 @@ def plan(experiments: list[Experiment], finished: set[tuple]) -> Plan:
                 grid.sparsities,
                 grid.seeds,
             ):
-                label = checkpoint_label(model, ckpt, dataset)
+                ref = refs.setdefault(
+                    (model, ckpt, dataset), resolve_checkpoint(model, ckpt, dataset)
+                )
                 rows = []
                 for repair in grid.repairs:
                     digest = row_config_hash(method, repair, settings)
                     key = row_key(
                         {
                             "model": model,
-                            "checkpoint": label,
+                            "checkpoint": ref.key,
                             "dataset": dataset,
                             "method": method,
                             "repair": repair,
@@ -237,7 +269,7 @@ def plan(experiments: list[Experiment], finished: set[tuple]) -> Plan:
                         planned.add(key)
                         rows.append(RowSpec(repair, key, digest))
                 if rows:
-                    setup = SetupKey(model, ckpt, dataset, settings.dense_bn)
+                    setup = SetupKey(model, ref, dataset, settings.dense_bn)
                     result.tasks.append(
                         Task(
                             setup,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from reflow import baselines
-from reflow.api import save_pruned
+from reflow.api import check_save_target, save_pruned
 from reflow.harness import (
     Grid,
     dense_evaluation,
@@ -25,7 +25,7 @@ from reflow.provenance import git_commit
 from reflow.repairs import get_repair
 from reflow.settings import Settings
 from reflow.timing import PhaseTimer
-from reflow.zoo import checkpoint_digest
+from reflow.zoo import resolve_checkpoint
 
 
 def prune_and_save(
@@ -42,12 +42,16 @@ def prune_and_save(
     evaluate: bool = True,
     device: str = "auto",
     data_root: Path | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Run the phases, write the files, return the card."""
+    """Check everything (the save target first), run the phases, write the files, return the
+    card."""
     grid = Grid((model,), (dataset,), (method,), (repair,), (sparsity,), (seed,), (checkpoint,))
+    ref = resolve_checkpoint(model, checkpoint, dataset)
+    check_save_target(save, save_masks, force, keep=[Path(ref.path)] if ref.path else [])
     validate([Experiment("prune", grid, (settings,))], data_root, device)
     setup = load_setup(
-        model, dataset, checkpoint, pick_device(device), data_root, dense_bn=settings.dense_bn
+        model, dataset, ref, pick_device(device), data_root, dense_bn=settings.dense_bn
     )
     quiet = dataclasses.replace(settings, probe_samples=0)
     chosen = baselines.get_method(method, settings.options.get(method))
@@ -58,8 +62,9 @@ def prune_and_save(
     report = sparsity_of(result.masks)
     card: dict[str, Any] = {
         "model": model,
-        "checkpoint": setup.loaded.checkpoint,
-        "checkpoint_sha256": checkpoint_digest(model, checkpoint, dataset),
+        "checkpoint": ref.key,
+        "checkpoint_label": ref.label,
+        "checkpoint_sha256": ref.sha256,
         "dataset": dataset,
         "method": method,
         "method_options": non_default(chosen.config),
@@ -81,7 +86,6 @@ def prune_and_save(
     if evaluate:
         card["dense_top1"] = dense_evaluation(setup, quiet).top1
         card["pruned_top1"] = evaluate_phase(setup, pruned, quiet).top1
-    card["written"] = [
-        str(p) for p in save_pruned(pruned, save, card, result.masks if save_masks else None)
-    ]
+    masks = result.masks if save_masks else None
+    card["written"] = [str(p) for p in save_pruned(pruned, save, card, masks, overwrite=force)]
     return card

@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from reflow import paper
+from reflow.atomic import atomic_write
+from reflow.paths import check_output
 from reflow.plots import plot_all
 from reflow.results import ResultStore
 from reflow.tables import expand_config, table_for, variant, with_defaults
@@ -374,11 +376,12 @@ def _scope_equality_note(results: pd.DataFrame) -> list[str]:
 
 def write_report(folder: Path, out: Path) -> Path:
     """Write ``out`` (Markdown) with figures under ``out.parent/figures``."""
-    store = ResultStore(folder, create=False)
+    check_output(out, "--out")
+    store = ResultStore(folder, readonly=True)
     results = store.read()
     results = results[results.error.isna()] if "error" in results else results
     probes = store.read("probes")
-    figures_dir = out.parent / "figures"
+    figures_dir = check_output(out.parent / "figures", "--out", folder=True)
     written = plot_all(results, probes, figures_dir)
     measured = [m for m in CLAIMS_BY_MODEL if (results.model == m).any()] or ["resnet20"]
     lines = ["# Reproduction report: Signal Collapse in One-Shot Pruning", ""]
@@ -427,5 +430,6 @@ def write_report(folder: Path, out: Path) -> Path:
     if missing:
         lines += [f"Not drawn (no rows for them in this folder): {', '.join(missing)}.", ""]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
+    text = "\n".join(lines)
+    atomic_write(out, lambda f: f.write(text))
     return out

@@ -14,10 +14,11 @@ under the non-default identity rule, so finished rows are recognised).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,22 +74,66 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-class ResultStore:
-    """A results folder backed by ``results.sqlite``; safe against kills and concurrent readers."""
+def _check_integrity(db: sqlite3.Connection, database: Path) -> None:
+    """Refuse a damaged database before anything is read from it or appended to it."""
+    problems = [r[0] for r in db.execute("PRAGMA quick_check").fetchall()]
+    if problems != ["ok"]:
+        first = " ".join(" ".join(problems).split())[:200]
+        raise ReflowError(
+            f"{database} is damaged (SQLite quick_check: {first}); restore it from a copy, or "
+            "move it away to start a new store"
+        )
 
-    def __init__(self, folder: Path | str, create: bool = True) -> None:
+
+def _open_readonly(database: Path) -> sqlite3.Connection:
+    """A connection that cannot write. A WAL store needs its ``-shm`` file to be readable; on a
+    read-only folder without one SQLite cannot open it read-only, and the file is then read as
+    immutable (no writer can be active on a read-only file system anyway)."""
+    uri = database.resolve().as_uri()
+    try:
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60)
+        _check_integrity(db, database)
+        return db
+    except sqlite3.OperationalError as first:
+        try:
+            db = sqlite3.connect(f"{uri}?immutable=1", uri=True)
+            _check_integrity(db, database)
+            return db
+        except sqlite3.DatabaseError:
+            raise ReflowError(f"cannot read {database}: {first}") from None
+    except sqlite3.DatabaseError as exc:
+        raise ReflowError(
+            f"cannot read {database}: {exc}; it is not a results store, or it is damaged"
+        ) from None
+
+
+class ResultStore:
+    """A results folder backed by ``results.sqlite``; safe against kills, concurrent readers and
+    several writing drivers (schema changes and rows are written under SQLite's write lock).
+
+    ``readonly`` opens an existing store for reading only (tables, reports, exports): nothing is
+    created or changed, and a store on a read-only file system can be read."""
+
+    def __init__(self, folder: Path | str, create: bool = True, readonly: bool = False) -> None:
         self.folder = Path(folder)
+        self.readonly = readonly
         if self.folder.exists() and not self.folder.is_dir():
             raise ReflowError(
                 f"results folder {self.folder} is a file; pass a folder path with --out"
             )
         database = self.folder / DATABASE
         legacy = self.folder / "results.csv"
-        if not create and not database.is_file() and not legacy.is_file():
+        if (readonly or not create) and not database.is_file() and not legacy.is_file():
             raise ReflowError(
                 f"no results in {self.folder} (looked for {database}); "
                 "create them with `reflow run ... --out FOLDER`"
             )
+        if readonly and not database.is_file():  # the earlier CSV store: imported once, below
+            self.readonly = readonly = False
+        if readonly:
+            self.db = _open_readonly(database)
+            self._columns = {t: self._table_columns(t) for t in TABLES}
+            return
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -96,6 +141,7 @@ class ResultStore:
         fresh = not database.is_file()
         try:
             self.db = sqlite3.connect(database, timeout=60, isolation_level=None)
+            _check_integrity(self.db, database)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self._create_schema()
@@ -114,30 +160,51 @@ class ResultStore:
 
     # -- schema ---------------------------------------------------------------------------------
     def _create_schema(self) -> None:
+        """Create the tables if they are missing, in one write transaction: two drivers starting
+        on a new folder at once both find (or make) the same schema."""
         keys = ", ".join(f"{k} {_KEY_TYPES.get(k, 'TEXT')} NOT NULL" for k in KEY)
-        self.db.executescript(
-            f"""
-            CREATE TABLE IF NOT EXISTS results (
-                run_id TEXT PRIMARY KEY, {keys}, error TEXT, UNIQUE ({", ".join(KEY)}));
-            CREATE TABLE IF NOT EXISTS probes (run_id TEXT NOT NULL);
-            CREATE TABLE IF NOT EXISTS layers (run_id TEXT NOT NULL);
-            CREATE INDEX IF NOT EXISTS probes_run ON probes (run_id);
-            CREATE INDEX IF NOT EXISTS layers_run ON layers (run_id);
-            """
-        )
+        statements = [
+            f"CREATE TABLE IF NOT EXISTS results (run_id TEXT PRIMARY KEY, {keys}, error TEXT, "
+            f"UNIQUE ({', '.join(KEY)}))",
+            "CREATE TABLE IF NOT EXISTS probes (run_id TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS layers (run_id TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS probes_run ON probes (run_id)",
+            "CREATE INDEX IF NOT EXISTS layers_run ON layers (run_id)",
+            "CREATE TABLE IF NOT EXISTS claims (task TEXT PRIMARY KEY, owner TEXT NOT NULL, "
+            "host TEXT NOT NULL, pid INTEGER NOT NULL, expires REAL NOT NULL)",
+        ]
+        with self.write():
+            for statement in statements:
+                self.db.execute(statement)
         self._columns = {t: self._table_columns(t) for t in TABLES}
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        """One write transaction (SQLite's write lock is taken at its start; waits up to 60 s
+        for another writer)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
 
     def _table_columns(self, table: str) -> set[str]:
         return {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
 
     def _ensure_columns(self, table: str, rows: Iterable[Mapping[str, Any]]) -> None:
-        for row in rows:
-            for name, value in row.items():
-                if name not in self._columns[table]:
-                    self.db.execute(
-                        f"ALTER TABLE {table} ADD COLUMN {_quote(name)} {_sql_type(value)}"
-                    )
-                    self._columns[table].add(name)
+        """Add the columns ``rows`` bring (inside the caller's write transaction). The columns
+        are read again under the lock first: another driver may have added them meanwhile."""
+        wanted = {name: value for row in rows for name, value in row.items()}
+        if set(wanted) <= self._columns[table]:
+            return
+        self._columns[table] = self._table_columns(table)
+        for name, value in wanted.items():
+            if name not in self._columns[table]:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {_quote(name)} {_sql_type(value)}")
+                self._columns[table].add(name)
 
     # -- writing --------------------------------------------------------------------------------
     def add(
@@ -148,6 +215,7 @@ class ResultStore:
     ) -> None:
         """Commit one result row with its probe and layer rows, replacing an earlier attempt
         (an errored row) of the same key: all in one transaction."""
+        self._refuse_readonly()
         run_id = str(row["run_id"])
         results = [{k: _plain(v) for k, v in row.items()}]
         aux = {
@@ -156,8 +224,7 @@ class ResultStore:
         }
         results[0]["sparsity"] = round(float(row["sparsity"]), 6)
         key = row_key(row)
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
+        with self.write():
             old = self.db.execute(
                 f"SELECT run_id FROM results WHERE {' AND '.join(f'{k} = ?' for k in KEY)}", key
             ).fetchall()
@@ -166,11 +233,10 @@ class ResultStore:
                     self.db.execute(f"DELETE FROM {table} WHERE run_id = ?", (old_id,))
             for table, rows in (("results", results), *aux.items()):
                 self._insert(table, rows)
-            self.db.execute("COMMIT")
-        except BaseException:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            raise
+
+    def _refuse_readonly(self) -> None:
+        if self.readonly:
+            raise ReflowError(f"{self.folder} was opened read-only; open it to write")
 
     def _insert(self, table: str, rows: list[dict[str, Any]]) -> None:
         if not rows:

@@ -4,7 +4,7 @@ later with a default that changes nothing keeps every stored row's identity."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from reflow.errors import ReflowError, unknown_name
 from reflow.masks import SCOPES, Pattern
@@ -40,6 +40,17 @@ class Settings:
     options: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value, default = getattr(self, f.name), f.default
+            if f.name == "options":
+                if not isinstance(value, dict):
+                    raise ReflowError(f"options must be a table of tables, got {value!r}")
+                continue
+            if not _same_kind(value, default):
+                raise ReflowError(
+                    f"setting {f.name} takes {_kind(default)}, got {value!r} "
+                    f"({type(value).__name__})"
+                )
         for name in ("calib_batches", "calib_batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ReflowError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -65,3 +76,16 @@ class Settings:
     @property
     def parsed_pattern(self) -> Pattern | None:
         return Pattern.parse(self.pattern) if self.pattern else None
+
+
+def _kind(default: object) -> str:
+    return {bool: "true or false", int: "an integer", str: "a string"}.get(
+        type(default), type(default).__name__
+    )
+
+
+def _same_kind(value: object, default: object) -> bool:
+    """A setting's value has its default's type (an int is no bool, a bool no int)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    return isinstance(value, type(default))

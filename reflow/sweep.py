@@ -44,7 +44,20 @@ def _as_tuple(value: object) -> tuple:
 
 def parse_experiment(table: dict, index: int) -> list[Experiment]:
     """One experiment, or one per N:M pattern when patterns fix the sparsity (no sparsities)."""
-    name = table.get("name", f"experiment {index + 1}")
+    if not isinstance(table, dict):
+        raise ReflowError(
+            f"experiment {index + 1} is {type(table).__name__}, not a table; declare each "
+            "experiment as [[experiment]] (double brackets)"
+        )
+    name = str(table.get("name", f"experiment {index + 1}"))
+    for key in ("settings", "options"):
+        if not isinstance(table.get(key, {}), dict):
+            raise ReflowError(f"{name}: {key} must be a table ([experiment.{key}])")
+    for method, opts in table.get("options", {}).items():
+        if not isinstance(opts, dict):
+            raise ReflowError(
+                f"{name}: options.{method} must be a table ([experiment.options.{method}])"
+            )
     unknown = set(table) - _GRID_KEYS - {"name", "settings", "options"}
     if unknown:
         raise ReflowError(
@@ -76,8 +89,8 @@ def parse_experiment(table: dict, index: int) -> list[Experiment]:
         datasets=_as_tuple(table["datasets"]),
         methods=_as_tuple(table["methods"]),
         repairs=_as_tuple(table.get("repairs", ["none", "reflow"])),
-        sparsities=tuple(float(s) for s in _as_tuple(table["sparsities"])),
-        seeds=tuple(int(s) for s in _as_tuple(table.get("seeds", [0]))),
+        sparsities=_as_tuple(table["sparsities"]),
+        seeds=_as_tuple(table.get("seeds", [0])),
         checkpoints=_as_tuple(table.get("checkpoints", [None])),
     )
     options = {
@@ -111,6 +124,11 @@ def load_sweep(path: Path) -> list[Experiment]:
     except tomllib.TOMLDecodeError as exc:
         raise ReflowError(f"{path} is not valid TOML: {exc}") from exc
     tables = document.get("experiment", [])
+    if isinstance(tables, dict):
+        raise ReflowError(
+            f"{path}: experiments are declared as [[experiment]] (an array of tables), not "
+            "[experiment]; write double brackets"
+        )
     if not tables:
         raise ReflowError(f"{path} declares no [[experiment]]")
     return [e for i, t in enumerate(tables) for e in parse_experiment(t, i)]

@@ -9,7 +9,7 @@ behind the user's back.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -46,8 +46,10 @@ class Executor(ABC):
             )
 
     @abstractmethod
-    def run(self, tasks: list[Task], env: ExecEnv) -> Iterator[tuple[Task, list[RowResult]]]:
-        """Yield ``(task, rows)`` for every task as it completes."""
+    def run(self, tasks: Iterable[Task], env: ExecEnv) -> Iterator[tuple[Task, list[RowResult]]]:
+        """Yield ``(task, rows)`` for every task as it completes. ``tasks`` is an iterator that
+        claims each task in the store as it is drawn (`reflow.claims`): draw lazily to share a
+        folder's tasks with other drivers, or all at once to submit them together."""
 
     def close(self) -> None:  # noqa: B027 (optional hook: most executors hold nothing)
         """Release workers and clusters this executor started."""
@@ -94,7 +96,7 @@ class SerialExecutor(Executor):
     summary = "every task in this process, one after another (the default)"
     Config = SerialConfig
 
-    def run(self, tasks: list[Task], env: ExecEnv) -> Iterator[tuple[Task, list[RowResult]]]:
+    def run(self, tasks: Iterable[Task], env: ExecEnv) -> Iterator[tuple[Task, list[RowResult]]]:
         with torch_threads(self.config.threads):
             for task in tasks:
                 yield task, execute(task, env)

@@ -7,19 +7,26 @@ The pitfalls this handles: workers are not daemonic (a data loader spawns childr
 of being rerun on every worker in turn; Dask starts workers with OMP_NUM_THREADS=1, so each task
 sets torch's thread count itself (and the local cluster's environment says the same); the driver
 never touches CUDA (devices are resolved in the workers). Everything binds to 127.0.0.1 unless an
-existing scheduler is named. The members of a selection family (chita_s and chita_u at one
-sparsity, …) go to one worker as one Dask task, so their shared search still runs once.
+existing scheduler is named, and nobody else gets in: the local cluster speaks TLS with a
+temporary certificate made for this run (`distributed.security.Security.temporary`), so another
+process on the machine (any user of a shared login node) cannot connect to the scheduler or the
+workers and run code there. An existing cluster is joined with the TLS files named in a
+``security`` file (TOML: ``ca_file``, ``cert``, ``key``), and is connected to before anything
+else happens, so a wrong address is one line, not a traceback after the store was created.
+The members of a selection family (chita_s and chita_u at one sparsity, …) go to one worker as
+one Dask task, so their shared search still runs once.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from reflow.errors import ReflowError
-from reflow.execute import ExecEnv, RowResult, execute
+from reflow.execute import ExecEnv, RowResult, SetupFailed, execute
 from reflow.executors.base import Executor, crash_rows, register, torch_threads
 from reflow.options import option
 from reflow.plan import Task, family_batches
@@ -33,18 +40,72 @@ class DaskConfig:
     scheduler: str = option("", "an existing cluster's scheduler address; empty: a local cluster")
     allowed_failures: int = option(0, "reruns of a task whose worker died (Dask allowed-failures)")
     memory_limit: str = option("0", "per-worker memory limit of a local cluster ('0': none)")
+    security: str = option(
+        "", "TOML file with ca_file, cert and key (TLS) for an existing --scheduler"
+    )
+    connect_timeout: float = option(10.0, "seconds to wait for an existing --scheduler")
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.threads < 1:
             raise ReflowError("--workers and --threads must be at least 1")
         if self.allowed_failures < 0:
             raise ReflowError("allowed_failures must be >= 0")
+        if self.security and not self.scheduler:
+            raise ReflowError(
+                "security names TLS files for an existing cluster: give --scheduler too (a "
+                "local cluster makes its own temporary certificate)"
+            )
+
+
+def load_security(path: str):
+    """TLS settings for an existing cluster from a TOML file: ``ca_file``, ``cert``, ``key``
+    (paths relative to the file), encryption required."""
+    import tomllib
+
+    from distributed.security import Security
+
+    file = Path(path)
+    try:
+        values = tomllib.loads(file.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ReflowError(f"cannot read the security file {file}: {exc}") from None
+    missing = {"ca_file", "cert", "key"} - set(values)
+    if missing:
+        raise ReflowError(f"security file {file} lacks {', '.join(sorted(missing))}")
+    files = {k: (file.parent / str(values[k])).resolve() for k in ("ca_file", "cert", "key")}
+    for key, where in files.items():
+        if not where.is_file():
+            raise ReflowError(f"security file {file}: {key} {where} not found")
+    return Security(
+        tls_ca_file=str(files["ca_file"]),
+        tls_client_cert=str(files["cert"]),
+        tls_client_key=str(files["key"]),
+        require_encryption=True,
+    )
 
 
 def run_in_worker(batch: tuple[Task, ...], env: ExecEnv, threads: int) -> list[list[RowResult]]:
     """The function every Dask task runs: this worker's thread count, then the batch's tasks."""
     with torch_threads(threads):
         return [execute(task, env) for task in batch]
+
+
+def dask_settings(config: DaskConfig):
+    import dask
+
+    return dask.config.set(
+        {
+            "distributed.scheduler.allowed-failures": config.allowed_failures,
+            "distributed.worker.daemon": False,
+            "distributed.nanny.pre-spawn-environ": thread_env(config.threads),
+        }
+    )
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The thread-count variables a worker process starts with."""
+    n = str(threads)
+    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n}
 
 
 @register
@@ -59,13 +120,39 @@ class DaskExecutor(Executor):
         super().__init__(config)
         self._client = None
         self._cluster = None
+        self._security = None
+
+    def check(self) -> None:
+        """The engine is installed, and an existing scheduler answers (connected to now)."""
+        super().check()
+        if not self.config.scheduler or self._client is not None:
+            return
+        from distributed import Client
+
+        self._security = load_security(self.config.security) if self.config.security else None
+        try:
+            with dask_settings(self.config):
+                self._client = Client(
+                    self.config.scheduler,
+                    timeout=self.config.connect_timeout,
+                    security=self._security,
+                )
+        except Exception as exc:
+            raise ReflowError(
+                f"cannot reach the Dask scheduler at {self.config.scheduler} within "
+                f"{self.config.connect_timeout:g} s ({type(exc).__name__}: {exc}); check the "
+                "address (and --executor-set security=FILE for a TLS cluster), or drop "
+                "--scheduler for a local cluster"
+            ) from None
 
     def _thread_env(self) -> dict[str, str]:
-        n = str(self.config.threads)
-        return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n}
+        return thread_env(self.config.threads)
 
     def _local_cluster(self):
         from distributed import Nanny, Scheduler, SpecCluster
+        from distributed.security import Security
+
+        self._security = Security.temporary()
 
         gpus = [g.strip() for g in self.config.gpus.split(",") if g.strip()]
         count = len(gpus) or self.config.workers
@@ -83,29 +170,32 @@ class DaskExecutor(Executor):
                     "env": env,
                     "memory_limit": self.config.memory_limit,
                     "dashboard_address": None,
+                    "security": self._security,
+                    "protocol": "tls",
                 },
             }
         scheduler = {
             "cls": Scheduler,
-            "options": {"host": "127.0.0.1", "dashboard_address": None},
+            "options": {
+                "host": "127.0.0.1",
+                "dashboard_address": None,
+                "security": self._security,
+                "protocol": "tls",
+            },
         }
-        return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=40)
+        return SpecCluster(
+            workers=workers, scheduler=scheduler, silence_logs=40, security=self._security
+        )
 
-    def run(self, tasks: list[Task], env: ExecEnv) -> Iterator[tuple[Task, list[RowResult]]]:
-        import dask
+    def run(self, tasks: Iterable[Task], env: ExecEnv) -> Iterator[tuple[Task, list[RowResult]]]:
         from distributed import Client, as_completed
 
-        settings = {
-            "distributed.scheduler.allowed-failures": self.config.allowed_failures,
-            "distributed.worker.daemon": False,
-            "distributed.nanny.pre-spawn-environ": self._thread_env(),
-        }
-        with dask.config.set(settings):
+        with dask_settings(self.config):
             if self.config.scheduler:
-                self._client = Client(self.config.scheduler)
+                self.check()
             else:
                 self._cluster = self._local_cluster()
-                self._client = Client(self._cluster)
+                self._client = Client(self._cluster, security=self._security)
             futures = {
                 self._client.submit(
                     run_in_worker,
@@ -115,12 +205,14 @@ class DaskExecutor(Executor):
                     pure=False,
                     key=f"reflow-task-{i}",
                 ): batch
-                for i, batch in enumerate(family_batches(tasks))
+                for i, batch in enumerate(family_batches(list(tasks)))
             }
             for future in as_completed(futures):
                 batch = futures[future]
                 try:
                     results = future.result()
+                except SetupFailed:
+                    raise
                 except Exception as exc:  # KilledWorker, a lost connection, …
                     reason = type(exc).__name__
                     if reason == "KilledWorker":

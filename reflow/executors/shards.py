@@ -4,21 +4,20 @@ preempted or requeued job either finds its shard complete (and returns at once) 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
 
 from reflow.atomic import atomic_write
+from reflow.errors import ReflowError
 from reflow.execute import RowResult
-from reflow.plan import Task
-from reflow.results import ResultStore, row_key
+from reflow.plan import Task, task_id
+from reflow.results import KEY, ResultStore, row_key
 
 
 def shard_name(task: Task) -> str:
     """Stable file name of a task's shard: a digest of its row keys."""
-    keys = json.dumps([list(spec.key) for spec in task.rows])
-    return hashlib.sha256(keys.encode()).hexdigest()[:16] + ".json"
+    return task_id(task) + ".json"
 
 
 def write_shard(path: Path, rows: list[RowResult]) -> None:
@@ -26,18 +25,49 @@ def write_shard(path: Path, rows: list[RowResult]) -> None:
 
 
 def read_shard(path: Path) -> list[RowResult]:
-    return [RowResult(**r) for r in json.loads(path.read_text())]
+    """A shard's rows; a file that is not one (damaged, foreign, rows without their key) is a
+    one-line error naming it."""
+    try:
+        records = json.loads(Path(path).read_text())
+        results = [RowResult(**r) for r in records]
+    except (OSError, ValueError, TypeError) as exc:
+        raise ReflowError(
+            f"shard {path} is not a reflow shard ({type(exc).__name__}: {exc}); move it away"
+        ) from None
+    for result in results:
+        missing = [k for k in (*KEY, "run_id") if k not in result.row]
+        if missing:
+            raise ReflowError(
+                f"shard {path} has a row without {', '.join(missing)}; move the file away"
+            )
+    return results
 
 
-def merge_shards(store: ResultStore, folder: Path) -> tuple[int, int]:
+def read_shards(folder: Path) -> dict[Path, list[RowResult]]:
+    """Every shard in ``folder``, read and checked; no shard at all is an error."""
+    folder = Path(folder)
+    paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    if not paths:
+        raise ReflowError(
+            f"no shard files in {folder} (looked for *.json); nothing to merge. Shards are "
+            "written by `--executor submitit`; pass --shards if they are elsewhere"
+        )
+    return {path: read_shard(path) for path in paths}
+
+
+def merge_shards(
+    store: ResultStore, folder: Path, shards: dict[Path, list[RowResult]] | None = None
+) -> tuple[int, int]:
     """Add every shard row not already finished in ``store``; returns (added, skipped)."""
     folder = Path(folder)
     added = skipped = 0
-    if not folder.is_dir():
-        return 0, 0
+    if shards is None:
+        if not folder.is_dir():
+            return 0, 0
+        shards = {path: read_shard(path) for path in sorted(folder.glob("*.json"))}
     finished = store.finished()
-    for path in sorted(folder.glob("*.json")):
-        for result in read_shard(path):
+    for rows in shards.values():
+        for result in rows:
             key = row_key(result.row)
             if key in finished:
                 skipped += 1

@@ -11,7 +11,7 @@ of a selection family go to one array task (one shard each), so their shared sea
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,7 +93,8 @@ class SubmititExecutor(Executor):
         executor.update_parameters(**params)
         return executor
 
-    def run(self, tasks: list[Task], env: ExecEnv) -> Iterator[tuple[Task, list[RowResult]]]:
+    def run(self, tasks: Iterable[Task], env: ExecEnv) -> Iterator[tuple[Task, list[RowResult]]]:
+        tasks = list(tasks)  # claimed all at once: the array is submitted in one go
         todo = [t for t in tasks if not (self.shards / shard_name(t)).is_file()]
         for task in tasks:  # shards left by an earlier submission are folded in first
             path = self.shards / shard_name(task)
