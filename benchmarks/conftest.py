@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 
 from reflow.execute import ExecEnv
-from reflow.harness import Grid, Settings
-from reflow.plan import Experiment, planned_rows
+from reflow.grid import Experiment, Grid
+from reflow.plan import planned_rows
 from reflow.results import ResultStore
 from reflow.runner import run_experiments
+from reflow.settings import Settings
 
 SHARED = Path(os.environ.get("REFLOW_HOME", Path(__file__).resolve().parents[2] / "shared"))
 

@@ -22,10 +22,11 @@ import pandas as pd
 from reflow.baselines import list_methods
 
 from reflow.execute import ExecEnv
-from reflow.harness import Grid, Settings
-from reflow.plan import Experiment, planned_rows
+from reflow.grid import Experiment, Grid
+from reflow.plan import planned_rows
 from reflow.results import ResultStore, write_csv_atomic
 from reflow.runner import run_experiments
+from reflow.settings import Settings
 from reflow.sweep import load_sweep
 
 HERE = Path(__file__).resolve().parent

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from test_reference_gates import GATE_SPARSITIES
 
-from reflow.harness import Grid
+from reflow.grid import Grid
 
 pytestmark = [pytest.mark.accuracy, pytest.mark.slow]
 

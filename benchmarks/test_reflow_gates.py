@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from reflow.harness import Grid
+from reflow.grid import Grid
 
 pytestmark = [pytest.mark.accuracy, pytest.mark.slow]
 

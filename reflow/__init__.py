@@ -2,9 +2,10 @@
 networks with REFLOW (re-estimated BN statistics, no weight updated).
 
 Entry points: the ``reflow`` command (`reflow.cli`), `reflow.prune` / `reflow.save_pruned` /
-`reflow.load_pruned` for any ``nn.Module``, `reflow.harness.run_grid`, `reflow.recalibrate.reflow`,
-`reflow.zoo.get_model`, `reflow.data.load_dataset`, and the registries `reflow.baselines` (methods)
-and `reflow.repairs`.
+`reflow.load_pruned` for any ``nn.Module``, `reflow.runner.run_experiments` (a `reflow.grid.Grid`
+in this process or on an executor), `reflow.recalibrate.reflow`, `reflow.zoo.get_model`,
+`reflow.data.load_dataset`, and the registries `reflow.baselines` (methods) and
+`reflow.repairs`.
 """
 
 __version__ = "0.2.0"

@@ -29,7 +29,7 @@ from reflow.atomic import write_temporary
 from reflow.baselines.base import PruneContext
 from reflow.data import Batch
 from reflow.errors import ReflowError
-from reflow.harness import check_seed
+from reflow.grid import check_seed
 from reflow.masks import Masks, Pattern, apply_masks, check_sparsity, sparsity_of
 from reflow.options import non_default
 from reflow.paths import check_output

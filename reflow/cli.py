@@ -16,11 +16,10 @@ from reflow.data import list_datasets
 from reflow.errors import ReflowError
 from reflow.execute import ExecEnv
 from reflow.executors import EXECUTORS, Executor, get_executor
-from reflow.harness import Grid, check_seed
+from reflow.grid import Experiment, Grid, check_seed
 from reflow.masks import SCOPES, Pattern
 from reflow.options import describe_config
 from reflow.paths import check_output
-from reflow.plan import Experiment
 from reflow.repairs import REPAIRS
 from reflow.results import ResultStore
 from reflow.runner import MAX_ROWS, check_run, run_experiments

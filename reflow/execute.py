@@ -12,6 +12,7 @@ import copy
 import importlib
 import json
 import os
+import sys
 import traceback
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -40,7 +41,6 @@ from reflow.masks import layer_densities, sparsity_of
 from reflow.norms import norm_layers
 from reflow.plan import RowSpec, SetupKey, Task
 from reflow.provenance import device_name, git_commit, gpu_settings, peak_memory_mb
-from reflow.repairs import get_repair
 from reflow.results import KEY
 from reflow.timing import PhaseTimer
 
@@ -76,8 +76,11 @@ SETUPS_KEPT = 4
 
 
 def load_plugins(plugins: tuple[str, ...]) -> None:
-    """Import each ``--plugin`` module (it registers its methods or repairs)."""
+    """Import each ``--plugin`` module (it registers its methods or repairs), once a process:
+    in the driver before planning, and in a worker before its first task."""
     for name in plugins:
+        if name in sys.modules:
+            continue
         try:
             importlib.import_module(name)
         except Exception as exc:
@@ -121,7 +124,7 @@ def execute(task: Task, env: ExecEnv) -> list[RowResult]:
         dense = dense_evaluation(setup, task.settings, env.progress)
     except ReflowError as exc:  # bad data or weights: every task would fail the same way
         raise SetupFailed(f"{task.setup.model} on {task.setup.dataset}: {exc}") from None
-    method = baselines.get_method(task.method, task.settings.options.get(task.method))
+    method = task.method
     if setup.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(setup.device)
     timer = PhaseTimer(setup.device)
@@ -134,7 +137,7 @@ def execute(task: Task, env: ExecEnv) -> list[RowResult]:
     rows = []
     for spec in task.rows:
         timer.seconds = dict(select_seconds)
-        repair = get_repair(spec.repair, task.settings.options.get(spec.repair))
+        repair = spec.repair
         try:
             model = copy.deepcopy(pruned)
             with timer.phase("repair"):
@@ -161,9 +164,7 @@ def _key(task: Task, spec: RowSpec) -> dict:
 
 
 def _provenance(task: Task, spec: RowSpec, setup: Setup | None) -> dict:
-    method = baselines.get_method(task.method, task.settings.options.get(task.method))
-    repair = get_repair(spec.repair, task.settings.options.get(spec.repair))
-    config = full_config(method.config, repair.config, task.settings)
+    config = full_config(task.method.config, spec.repair.config, task.settings)
     ref = task.setup.checkpoint
     return {
         **_key(task, spec),
@@ -240,7 +241,7 @@ def _structure_columns(setup: Setup, model: torch.nn.Module, result: PruneResult
 
 def _error_row(task: Task, spec: RowSpec, setup: Setup | None, exc: BaseException) -> dict:
     message = f"{type(exc).__name__}: {exc}".strip()
-    tqdm.write(f"error in {task.method}+{spec.repair} s={task.sparsity}: {message}")
+    tqdm.write(f"error in {task.method.name}+{spec.repair.name} s={task.sparsity}: {message}")
     if not isinstance(exc, ReflowError | torch.cuda.OutOfMemoryError):
         tqdm.write("".join(traceback.format_exception(exc)))
     return _provenance(task, spec, setup) | {"error": message}

@@ -5,15 +5,15 @@
 
 Selection runs once per (method, sparsity, seed) and each repair starts from a copy of the same
 pruned model, so every table is a clean factorial design and expensive selections are not
-repeated. The phase functions below are what `reflow.execute` runs for each task and what the asv
-benchmarks call. `run_grid` is the short way to run a grid in this process.
+repeated. The phase functions below are what `reflow.execute` runs for each task (for `reflow run`,
+`reflow sweep` and `reflow prune` alike) and what the asv benchmarks call; nothing here imports
+the planning or running modules above it.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,103 +21,28 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from reflow import baselines, paths
 from reflow.baselines.base import PruneContext, PruneResult
-from reflow.data import Batch, ImageData, augment, list_datasets, load_dataset
-from reflow.errors import ReflowError, unknown_name
+from reflow.data import Batch, ImageData, augment, load_dataset
+from reflow.errors import ReflowError
 from reflow.evaluate import Evaluation, evaluate
 from reflow.masks import (
     apply_masks,
-    check_sparsity,
     global_masks,
     hamming_distance,
     prunable_parameters,
 )
 from reflow.memory import PeakRss
 from reflow.recalibrate import recalibrate_bn
-from reflow.repairs import Repair, RepairContext, get_repair, list_repairs
-from reflow.results import ResultStore
+from reflow.repairs import Repair, RepairContext, get_repair
 from reflow.settings import Settings
 from reflow.timing import PhaseTimer
 from reflow.zoo import CheckpointRef, LoadedModel, get_entry, get_model
 
 PHASES = ("select", "collect", "inverse", "solve", "update", "apply", "repair", "evaluate")
 
-__all__ = ["PHASES", "Grid", "Settings", "Setup", "load_setup", "run_grid"]
-
-
-@dataclass(frozen=True)
-class Grid:
-    """The factorial design of a run."""
-
-    models: tuple[str, ...]
-    datasets: tuple[str, ...]
-    methods: tuple[str, ...]
-    repairs: tuple[str, ...]
-    sparsities: tuple[float, ...]
-    seeds: tuple[int, ...] = (0,)
-    checkpoints: tuple[str | None, ...] = (None,)
-
-    def validate(self) -> None:
-        """Raise on any bad name or value (the model-specific checks are `reflow.plan`'s)."""
-        for seq, what in (
-            (self.models, "model"),
-            (self.datasets, "dataset"),
-            (self.methods, "method"),
-            (self.repairs, "repair"),
-            (self.sparsities, "sparsity"),
-        ):
-            if not seq:
-                raise ReflowError(f"no {what} given")
-            if what != "sparsity" and not all(isinstance(x, str) for x in seq):
-                raise ReflowError(f"{what} names must be strings, got {list(seq)!r}")
-        for m in self.models:
-            get_entry(m)
-        for d in self.datasets:
-            if d not in list_datasets():
-                raise unknown_name("dataset", d, list_datasets())
-        for m in self.methods:
-            baselines.get_method_class(m)
-        for r in self.repairs:
-            if r not in list_repairs():
-                raise unknown_name("repair", r, list_repairs())
-        for s in self.sparsities:
-            if isinstance(s, bool) or not isinstance(s, int | float):
-                raise ReflowError(f"sparsity must be a number in [0, 1), got {s!r}")
-            check_sparsity(s)
-        for seed in self.seeds:
-            check_seed(seed)
-        for checkpoint in self.checkpoints:
-            if checkpoint is not None and not isinstance(checkpoint, str):
-                raise ReflowError(f"checkpoints are names or paths, got {checkpoint!r}")
-
-    def size(self) -> int:
-        return math.prod(
-            map(
-                len,
-                (
-                    self.models,
-                    self.checkpoints,
-                    self.datasets,
-                    self.methods,
-                    self.repairs,
-                    self.sparsities,
-                    self.seeds,
-                ),
-            )
-        )
-
-
-#: Seeds are stored as SQLite INTEGER and seed torch generators: both take [0, 2**63).
-SEED_LIMIT = 2**63
-
-
-def check_seed(seed: object) -> None:
-    """Seeds are integers in [0, 2**63): a float (1.9) would be truncated to another seed."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
-        raise ReflowError(f"seeds are integers in [0, 2**63), got {seed!r}")
+__all__ = ["PHASES", "Settings", "Setup", "load_setup"]
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -455,22 +380,3 @@ def repair_phase(
         progress=progress,
     )
     return repair.repair(model, ctx)
-
-
-def run_grid(
-    grid: Grid,
-    store: ResultStore,
-    settings: Settings | None = None,
-    device: torch.device | str = "cpu",
-    data_root: Path | None = None,
-    progress: bool = True,
-    bar: tqdm | None = None,
-) -> dict[str, int]:
-    """Run every row of ``grid`` not already finished in ``store``, in this process."""
-    from reflow.execute import ExecEnv
-    from reflow.plan import Experiment
-    from reflow.runner import run_experiments
-
-    env = ExecEnv(str(device), str(data_root) if data_root else None, progress)
-    experiment = Experiment("run", grid, (settings or Settings(),))
-    return run_experiments([experiment], store, env=env, bar=bar, progress=progress)

@@ -9,39 +9,31 @@ apply, ``--recalibrate-layers`` ranges, N:M patterns, data and checkpoint files.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from torch import nn
 
 from reflow import baselines
+from reflow.baselines.base import Method
 from reflow.data import check_dataset
 from reflow.errors import ReflowError
-from reflow.harness import Grid
+from reflow.grid import Experiment, Grid
 from reflow.identity import config_hash, identity
 from reflow.masks import Pattern, prunable_parameters
+from reflow.options import make_config
 from reflow.recalibrate import select_layers
-from reflow.repairs import REPAIRS, get_repair
+from reflow.registry import Registry
+from reflow.repairs import REPAIRS, Repair
 from reflow.results import KEY, row_key
 from reflow.settings import Settings
 from reflow.zoo import CheckpointRef, check_checkpoint, get_entry, resolve_checkpoint
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """A named grid run under one or more settings combinations."""
-
-    name: str
-    grid: Grid
-    settings: tuple[Settings, ...]
-
-    def size(self) -> int:
-        return self.grid.size() * len(self.settings)
 
 
 @dataclass(frozen=True)
@@ -58,7 +50,8 @@ class SetupKey:
 
 @dataclass(frozen=True)
 class RowSpec:
-    repair: str
+    #: The configured repair (its options applied), resolved when the plan was made.
+    repair: Repair
     key: tuple
     config_hash: str
 
@@ -66,7 +59,9 @@ class RowSpec:
 @dataclass(frozen=True)
 class Task:
     setup: SetupKey
-    method: str
+    #: The configured method (its options applied), resolved when the plan was made: a worker
+    #: runs this object and never parses a name again.
+    method: Method
     sparsity: float
     seed: int
     settings: Settings
@@ -75,7 +70,32 @@ class Task:
 
     @property
     def label(self) -> str:
-        return f"{self.setup.model} {self.method} s={self.sparsity:g} seed={self.seed}"
+        return f"{self.setup.model} {self.method.name} s={self.sparsity:g} seed={self.seed}"
+
+
+def configured_method(name: str, settings: Settings) -> Method:
+    """Method ``name`` with the run's options for it: the one place a method name is resolved
+    (built once per class and options in a process; methods keep no state between rows)."""
+    return _configured(baselines.METHODS, name, _frozen(settings.options.get(name)))
+
+
+def configured_repair(name: str, settings: Settings) -> Repair:
+    """Repair ``name`` with the run's options for it (see `configured_method`)."""
+    return _configured(REPAIRS, name, _frozen(settings.options.get(name)))
+
+
+def _frozen(options: dict[str, str] | None) -> tuple:
+    return tuple(sorted((options or {}).items()))
+
+
+def _configured(registry: Registry, name: str, options: tuple) -> Any:
+    cls = registry.get(name)
+    return _build(cls, cls.Config, name, options)
+
+
+@functools.cache
+def _build(cls: type, config: type, name: str, options: tuple) -> Any:
+    return cls(make_config(config, dict(options), owner=name))
 
 
 def task_id(task: Task) -> str:
@@ -119,7 +139,7 @@ def _check_calibration(
     need = settings.calib_batches * settings.calib_batch_size
     if not sizes or need <= sizes["train"]:
         return
-    users = [r for r in grid.repairs if "calibration" in get_repair(r, None).needs]
+    users = [r for r in grid.repairs if "calibration" in configured_repair(r, settings).needs]
     if users:
         raise ReflowError(
             f"calibration asks for {settings.calib_batches} × {settings.calib_batch_size} = "
@@ -129,11 +149,11 @@ def _check_calibration(
 
 
 def _check_options(name: str, grid: Grid, settings: Settings) -> None:
-    for target, options in settings.options.items():
+    for target in settings.options:
         if target in grid.methods:
-            baselines.get_method(target, options)
+            configured_method(target, settings)
         elif target in grid.repairs:
-            get_repair(target, options)
+            configured_repair(target, settings)
         else:
             known = (
                 "method"
@@ -175,7 +195,7 @@ def _check_pattern(grid: Grid, pattern: Pattern) -> None:
             )
 
 
-@cache
+@functools.cache
 def unweighted(model: str) -> nn.Module:
     """The architecture without loading weights: enough for every structural check."""
     entry = get_entry(model)
@@ -188,7 +208,7 @@ def _check_model(model: str, grid: Grid, settings: Settings, host: str | None = 
     if not params:
         raise ReflowError(f"scope {settings.scope!r} leaves no prunable weight in {model}")
     for name in grid.repairs:
-        repair = get_repair(name, settings.options.get(name))
+        repair = configured_repair(name, settings)
         if reason := repair.applies_to(arch):
             raise ReflowError(f"repair {name} cannot run on {model}: {reason}")
         count = repair.layer_count(arch)
@@ -198,7 +218,7 @@ def _check_model(model: str, grid: Grid, settings: Settings, host: str | None = 
             except ReflowError as exc:
                 raise ReflowError(f"{model}, repair {name}: {exc}") from None
     for name in grid.methods:
-        method = baselines.get_method(name, settings.options.get(name))
+        method = configured_method(name, settings)
         if reason := method.applies_to(arch):
             raise ReflowError(f"method {name} cannot run on {model}: {reason}")
         if need := method.memory_needed(arch, settings.scope):
@@ -209,9 +229,9 @@ def _check_model(model: str, grid: Grid, settings: Settings, host: str | None = 
 
 
 def row_config_hash(method: str, repair: str, settings: Settings) -> str:
-    m = baselines.get_method(method, settings.options.get(method))
-    r = get_repair(repair, settings.options.get(repair))
-    return config_hash(identity(m.config, r.config, settings))
+    """The config hash of a (method, repair) row under ``settings``."""
+    chosen, fixer = configured_method(method, settings), configured_repair(repair, settings)
+    return config_hash(identity(chosen.config, fixer.config, settings))
 
 
 @dataclass
@@ -246,8 +266,10 @@ def plan(experiments: list[Experiment], finished: set[tuple]) -> Plan:
                 ref = refs.setdefault(
                     (model, ckpt, dataset), resolve_checkpoint(model, ckpt, dataset)
                 )
+                chosen = configured_method(method, settings)
                 rows = []
                 for repair in grid.repairs:
+                    fixer = configured_repair(repair, settings)
                     digest = row_config_hash(method, repair, settings)
                     key = row_key(
                         {
@@ -267,13 +289,13 @@ def plan(experiments: list[Experiment], finished: set[tuple]) -> Plan:
                         result.duplicates += 1
                     else:
                         planned.add(key)
-                        rows.append(RowSpec(repair, key, digest))
+                        rows.append(RowSpec(fixer, key, digest))
                 if rows:
                     setup = SetupKey(model, ref, dataset, settings.dense_bn)
                     result.tasks.append(
                         Task(
                             setup,
-                            method,
+                            chosen,
                             float(sparsity),
                             int(seed),
                             settings,
@@ -294,11 +316,11 @@ def planned_rows(frame: pd.DataFrame, experiments: list[Experiment]) -> pd.DataF
 
 def _search_key(task: Task) -> tuple | None:
     """What the tasks sharing one family search have in common (None: no family)."""
-    family = baselines.get_method_class(task.method).selection_family
+    family = task.method.selection_family
     if family is None:
         return None
-    options = task.settings.options.get(task.method, {})
-    return (family, task.setup, repr(task.settings), task.sparsity, task.seed, repr(options))
+    config = repr(task.method.config)
+    return (family, task.setup, repr(task.settings), task.sparsity, task.seed, config)
 
 
 def family_batches(tasks: list[Task]) -> list[tuple[Task, ...]]:
@@ -322,9 +344,9 @@ def family_order(tasks: list[Task]) -> list[Task]:
     first: dict[tuple, int] = {}
 
     def group(task: Task) -> tuple:
-        family = baselines.get_method_class(task.method).selection_family or task.method
+        family = task.method.selection_family or task.method.name
         return (task.experiment, task.setup, repr(task.settings), family)
 
     for i, task in enumerate(tasks):
         first.setdefault(group(task), i)
-    return sorted(tasks, key=lambda t: (first[group(t)], t.sparsity, t.seed, t.method))
+    return sorted(tasks, key=lambda t: (first[group(t)], t.sparsity, t.seed, t.method.name))

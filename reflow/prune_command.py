@@ -9,8 +9,8 @@ from typing import Any
 
 from reflow import baselines
 from reflow.api import check_save_target, save_pruned
+from reflow.grid import Experiment, Grid
 from reflow.harness import (
-    Grid,
     dense_evaluation,
     evaluate_phase,
     load_setup,
@@ -20,7 +20,7 @@ from reflow.harness import (
 )
 from reflow.masks import sparsity_of
 from reflow.options import non_default
-from reflow.plan import Experiment, validate
+from reflow.plan import validate
 from reflow.provenance import git_commit
 from reflow.repairs import get_repair
 from reflow.settings import Settings

@@ -16,8 +16,9 @@ from reflow.claims import TaskClaims, claimed_tasks
 from reflow.errors import ReflowError
 from reflow.execute import ExecEnv, load_plugins
 from reflow.executors import Executor, get_executor
+from reflow.grid import Experiment
 from reflow.harness import parse_device, pick_device
-from reflow.plan import Experiment, plan, validate
+from reflow.plan import plan, validate
 from reflow.results import ResultStore
 
 #: Rows one command may declare without ``--yes`` (a typo in a sweep file can declare millions).

@@ -25,13 +25,8 @@ import tomllib
 from pathlib import Path
 
 from reflow.errors import ReflowError
-from reflow.execute import ExecEnv
-from reflow.executors import Executor
-from reflow.harness import Grid
+from reflow.grid import Experiment, Grid
 from reflow.masks import Pattern
-from reflow.plan import Experiment
-from reflow.results import ResultStore
-from reflow.runner import run_experiments
 from reflow.settings import Settings
 
 _GRID_KEYS = {"models", "checkpoints", "datasets", "methods", "repairs", "sparsities", "seeds"}
@@ -132,17 +127,3 @@ def load_sweep(path: Path) -> list[Experiment]:
     if not tables:
         raise ReflowError(f"{path} declares no [[experiment]]")
     return [e for i, t in enumerate(tables) for e in parse_experiment(t, i)]
-
-
-def run_sweep(
-    experiments: list[Experiment],
-    store: ResultStore,
-    device: str = "auto",
-    data_root: Path | None = None,
-    progress: bool = True,
-    executor: Executor | None = None,
-    plugins: tuple[str, ...] = (),
-) -> dict[str, int]:
-    """Run every experiment into one store; finished rows are skipped, shared rows run once."""
-    env = ExecEnv(str(device), str(data_root) if data_root else None, progress, plugins)
-    return run_experiments(experiments, store, executor, env, progress=progress)

@@ -29,3 +29,23 @@ def tiny_data(n_train: int = 256, n_test: int = 64, seed: int = 0) -> ImageData:
         torch.randint(10, (n,), generator=g),
     )
     return ImageData("tiny", split(n_train), split(n_test), 10, None)
+
+
+def run_grid(grid, store, settings=None, device="cpu", progress=False, **_: object) -> dict:
+    """Run one grid in this process through the one pipeline (`reflow.runner`)."""
+    from reflow.execute import ExecEnv
+    from reflow.grid import Experiment
+    from reflow.runner import run_experiments
+    from reflow.settings import Settings
+
+    experiment = Experiment("run", grid, (settings or Settings(),))
+    env = ExecEnv(str(device), None, progress)
+    return run_experiments([experiment], store, env=env, progress=progress)
+
+
+def run_sweep(experiments, store, progress=False) -> dict:
+    """Run a sweep file's experiments in this process (what `reflow sweep` does after parsing)."""
+    from reflow.execute import ExecEnv
+    from reflow.runner import run_experiments
+
+    return run_experiments(experiments, store, env=ExecEnv(progress=progress), progress=progress)

@@ -14,8 +14,7 @@ from reflow.baselines import METHODS
 from reflow.execute import ExecEnv
 from reflow.executors import get_executor
 from reflow.executors.shards import merge_shards
-from reflow.harness import Grid
-from reflow.plan import Experiment
+from reflow.grid import Experiment, Grid
 from reflow.results import KEY, ResultStore
 from reflow.runner import run_experiments
 from reflow.settings import Settings

@@ -7,11 +7,13 @@ import sys
 
 import pytest
 import torch
+from helpers import run_grid
 
 from reflow import execute
 from reflow.errors import ReflowError
-from reflow.harness import Grid, Settings, run_grid
+from reflow.grid import Grid
 from reflow.results import ResultStore
+from reflow.settings import Settings
 
 FAST = Settings(calib_batches=2, calib_batch_size=16, eval_batch_size=500, probe_samples=200)
 GRID = Grid(("resnet20",), ("synthetic",), ("mp", "random"), ("none", "reflow"), (0.5, 0.9), (0,))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from helpers import run_sweep
 
 from reflow.cli import main
 from reflow.errors import ReflowError
 from reflow.plots import layer_order_levels, plot_all
 from reflow.report import claim_rows, claim_variants, evaluate_claims, write_report
 from reflow.results import ResultStore
-from reflow.sweep import load_sweep, run_sweep
+from reflow.sweep import load_sweep
 from reflow.tables import accuracy_table, expand_config
 
 SWEEP = """

@@ -6,10 +6,11 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from helpers import run_grid
 
 from reflow import baselines, execute
 from reflow.errors import ReflowError
-from reflow.harness import Grid, run_grid
+from reflow.grid import Grid
 from reflow.identity import config_hash, identity
 from reflow.options import option
 from reflow.plan import (
@@ -172,7 +173,9 @@ def test_family_members_are_planned_side_by_side() -> None:
     grid = dataclasses.replace(
         GRID, methods=("chita_s", "mp", "chita_u"), repairs=("none",), sparsities=(0.5, 0.8)
     )
-    order = [(t.method, t.sparsity) for t in plan([Experiment("x", grid, (FAST,))], set()).tasks]
+    order = [
+        (t.method.name, t.sparsity) for t in plan([Experiment("x", grid, (FAST,))], set()).tasks
+    ]
     assert order == [
         ("chita_s", 0.5),
         ("chita_u", 0.5),
@@ -192,14 +195,14 @@ def test_family_members_are_batched_for_one_worker() -> None:
         (0.5, 0.8),
     )
     batches = family_batches(plan([Experiment("x", grid, (FAST,))], set()).tasks)
-    shapes = [tuple((t.method, t.sparsity) for t in batch) for batch in batches]
+    shapes = [tuple((t.method.name, t.sparsity) for t in batch) for batch in batches]
     assert (("chita_s", 0.5), ("chita_u", 0.5)) in shapes
     assert (("cbs_s", 0.8), ("cbs_u", 0.8)) in shapes
     assert (("mp", 0.5),) in shapes and len(batches) == 6
     # members with different options run different searches: not batched
     options = {"chita_s": {"num_grads": "8"}}
     apart = plan([Experiment("x", grid, (dataclasses.replace(FAST, options=options),))], set())
-    assert all(len(b) == 1 or b[0].method.startswith("cbs") for b in family_batches(apart.tasks))
+    assert all(len(b) == 1 or b[0].method.name.startswith("cbs") for b in family_batches(apart.tasks))
 
 
 def test_planned_rows_are_one_experiments_rows_of_a_shared_store(tmp_path) -> None:

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 import torchvision
-from helpers import trained_like
+from helpers import run_grid, trained_like
 from torch import nn
 
 import reflow
@@ -17,7 +17,7 @@ from reflow import baselines
 from reflow.cifar_resnet import cifar_resnet
 from reflow.cli import main
 from reflow.errors import ReflowError
-from reflow.harness import Grid, run_grid
+from reflow.grid import Grid
 from reflow.masks import Pattern, follows_pattern, pattern_masks, prunable_parameters
 from reflow.mobilenet import MobileNetV1Cifar
 from reflow.norms import batchnorm_layers

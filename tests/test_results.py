@@ -141,9 +141,9 @@ def test_csv_folder_of_the_earlier_store_is_imported(tmp_path) -> None:
     """Rows of the CSV store keep their meaning: the hash is recomputed from the stored config
     under the non-default rule, orphan probe rows are dropped, bn_index becomes norm_index."""
     from reflow import baselines
-    from reflow.harness import Settings
     from reflow.identity import full_config, identity_hash_of_stored_config
     from reflow.repairs import get_repair
+    from reflow.settings import Settings
 
     config = full_config(baselines.get_method("mp").config, get_repair("none").config, Settings())
     legacy = {**_row(config_hash="oldhash"), "config": json.dumps(config), "run_id": "r1"}

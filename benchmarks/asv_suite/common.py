@@ -62,6 +62,6 @@ def real_setup(model: str = REAL_MODEL):
 
 
 def settings(**changes):
-    from reflow.harness import Settings
+    from reflow.settings import Settings
 
     return Settings(options=ASV_METHOD_OPTIONS, **changes)
