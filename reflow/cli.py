@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from reflow import baselines
+from reflow import __version__, baselines
 from reflow.data import list_datasets
 from reflow.errors import ReflowError
 from reflow.execute import ExecEnv
@@ -374,8 +374,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         force=args.force,
     )
     top1 = (
-        f"; top-1 {card['dense_top1']:.2f} dense → {card['pruned_top1']:.2f}"
-        if "pruned_top1" in card
+        f"; top-1 {card['dense_top1']:.2f} dense → {card['top1']:.2f}"
+        if card.get("top1") is not None
         else ""
     )
     print(
@@ -595,12 +595,27 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=HelpFormatter,
     )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__} (reflow-bench)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(sub)
     _add_sweep(sub)
     _add_prune(sub)
 
-    p = sub.add_parser("table", help="Table 1 layout: sparsity rows × method columns, best in bold")
+    p = sub.add_parser(
+        "table",
+        help="Table 1 layout: sparsity rows × method columns, best in bold",
+        description="Tabulate a results folder: one table per model, checkpoint and dataset "
+        "(per repair with --by-repair), mean ± std over seeds, best cell in bold. Rows of "
+        "different configurations are never averaged together.",
+        epilog="examples:\n"
+        "  reflow table runs/table1\n"
+        "  reflow table runs/table1 --layout paper --format latex > table1.tex\n"
+        "  reflow table runs/paper --model mobilenet_v1 --by-repair --metric top5\n"
+        "  reflow table runs/paper --method mp,chita_u --repair none,reflow --format csv",
+        formatter_class=HelpFormatter,
+    )
     _add_filters(p)
     p.add_argument("--format", default="markdown", choices=FORMATS)
     p.add_argument(
@@ -616,7 +631,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_table)
 
-    p = sub.add_parser("collapse", help="layer-wise variance ratios and per-layer densities")
+    p = sub.add_parser(
+        "collapse",
+        help="layer-wise variance ratios and per-layer densities",
+        description="Signal collapse, layer by layer: the output variance of every "
+        "normalisation layer of the pruned network over the dense one's (1 = no collapse), per "
+        "repair, and the share of weights each prunable layer kept.",
+        epilog="examples:\n"
+        "  reflow collapse runs/table1 --model resnet20 --method mp --sparsity 0.9\n"
+        "  reflow collapse runs/paper --model mobilenet_v1 --method mp --sparsity 0.8 -v",
+        formatter_class=HelpFormatter,
+    )
     _add_filters(p)
     p.add_argument("--sparsity", type=float, required=True, help="the rows' target sparsity")
     p.add_argument("--seed", type=_csv(int), default=None, help="comma list (default: all)")
@@ -625,7 +650,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     from reflow.plots import FIGURES
 
-    p = sub.add_parser("plot", help="draw the paper figures from a results folder (PNG + PDF)")
+    p = sub.add_parser(
+        "plot",
+        help="draw the paper figures from a results folder (PNG + PDF)",
+        description="Draw every figure the stored rows support (variance ratio per layer, "
+        "accuracy vs sparsity, mask Hamming distance, prediction histogram, the calibration "
+        "ablations), per model; a figure without rows is reported as skipped.",
+        epilog="examples:\n"
+        "  reflow plot runs/paper --out figures\n"
+        "  reflow plot runs/paper --out figures --only variance_ratio accuracy",
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("folder", type=Path, help="results folder written by `reflow run`")
     p.add_argument("--out", type=Path, default=Path("figures"), help="folder for the figures")
     p.add_argument(
@@ -633,14 +668,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_plot)
 
-    p = sub.add_parser("report", help="Markdown reproduction report with claims and figures")
+    p = sub.add_parser(
+        "report",
+        help="Markdown reproduction report with claims and figures",
+        description="Test each claim of the paper on the stored rows (reproduced, not "
+        "reproduced or not measured, with the evidence) and write a Markdown report with its "
+        "figures beside it.",
+        epilog="examples:\n  reflow report runs/paper --out report/report.md",
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("folder", type=Path, help="results folder written by `reflow run`")
     p.add_argument(
         "--out", type=Path, default=Path("report/report.md"), help="Markdown file to write"
     )
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("export", help="write the store's tables as CSV (or parquet) files")
+    p = sub.add_parser(
+        "export",
+        help="write the store's tables as CSV (or parquet) files",
+        description="Write the results, probes and layers tables of a results folder as tidy "
+        "files (the SQLite store stays the record).",
+        epilog="examples:\n"
+        "  reflow export runs/paper\n"
+        "  reflow export runs/paper --format parquet --to exports/",
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("folder", type=Path)
     p.add_argument("--format", default="csv", choices=["csv", "parquet"])
     p.add_argument("--to", type=Path, default=None, help="target folder (default: FOLDER)")
@@ -650,13 +702,25 @@ def build_parser() -> argparse.ArgumentParser:
         "merge",
         help="fold submitit shard files into the store (after the driver is gone)",
         description="Insert every row of FOLDER/submitit/shards/*.json not already in the store; "
-        "safe to repeat.",
+        "safe to repeat. Every shard is read and checked before the store is touched.",
+        epilog="examples:\n"
+        "  reflow merge runs/paper\n"
+        "  reflow merge runs/paper --shards /scratch/me/shards",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("folder", type=Path)
     p.add_argument("--shards", type=Path, default=None, help="shard folder, if elsewhere")
     p.set_defaults(func=_cmd_merge)
 
-    p = sub.add_parser("list", help="methods, repairs, executors, models and datasets")
+    p = sub.add_parser(
+        "list",
+        help="methods, repairs, executors, models and datasets",
+        description="What is registered: methods (what each needs, whether it updates weights), "
+        "repairs, executors, models with their checkpoints, datasets; -v adds every option with "
+        "its default and help.",
+        epilog="examples:\n  reflow list\n  reflow list -v | grep -A8 chita_u",
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="show options")
     p.set_defaults(func=_cmd_list)
     return parser

@@ -15,14 +15,15 @@ import os
 import sys
 import traceback
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
-from reflow import baselines
 from reflow.baselines.base import PruneResult
 from reflow.errors import ReflowError
 from reflow.evaluate import Evaluation, variance_ratios
@@ -37,7 +38,7 @@ from reflow.harness import (
     select_phase,
 )
 from reflow.identity import full_config, run_id
-from reflow.masks import layer_densities, sparsity_of
+from reflow.masks import Masks, layer_densities, sparsity_of
 from reflow.norms import norm_layers
 from reflow.plan import RowSpec, SetupKey, Task
 from reflow.provenance import device_name, git_commit, gpu_settings, peak_memory_mb
@@ -116,12 +117,20 @@ def warm_up(setup: Setup) -> None:
     torch.cuda.synchronize(setup.device)
 
 
-def execute(task: Task, env: ExecEnv) -> list[RowResult]:
-    """All rows of ``task``: select once, then repair and evaluate a copy per repair."""
+def execute(
+    task: Task,
+    env: ExecEnv,
+    keep: Callable[[nn.Module, Masks], None] | None = None,
+    evaluate: bool = True,
+) -> list[RowResult]:
+    """All rows of ``task``: select once, then repair and evaluate a copy per repair.
+
+    ``keep(model, masks)`` receives each repaired model (`reflow prune` saves it); without
+    ``evaluate`` the rows carry no accuracy (the evaluation phase is skipped)."""
     load_plugins(env.plugins)
     try:
         setup = cached_setup(task.setup, env)
-        dense = dense_evaluation(setup, task.settings, env.progress)
+        dense = dense_evaluation(setup, task.settings, env.progress) if evaluate else None
     except ReflowError as exc:  # bad data or weights: every task would fail the same way
         raise SetupFailed(f"{task.setup.model} on {task.setup.dataset}: {exc}") from None
     method = task.method
@@ -142,15 +151,20 @@ def execute(task: Task, env: ExecEnv) -> list[RowResult]:
             model = copy.deepcopy(pruned)
             with timer.phase("repair"):
                 calib = repair_phase(setup, model, repair, task.seed, task.settings, env.progress)
-            with timer.phase("evaluate"):
-                ev = evaluate_phase(setup, model, task.settings, env.progress)
+            ev = None
+            if dense is not None:
+                with timer.phase("evaluate"):
+                    ev = evaluate_phase(setup, model, task.settings, env.progress)
         except Exception as exc:
             _free_cuda(setup)
             rows.append(RowResult(_error_row(task, spec, setup, exc)))
             continue
-        row = _result_row(task, spec, setup, method, repair, result, ev, dense, calib, timer)
+        row = _result_row(task, spec, setup, result, ev, dense, calib, timer)
         row |= _structure_columns(setup, model, result)
-        rows.append(RowResult(row, _probe_rows(ev, dense, model), _layer_rows(result)))
+        probes = _probe_rows(ev, dense, model) if ev is not None and dense is not None else []
+        rows.append(RowResult(row, probes, _layer_rows(result)))
+        if keep is not None:
+            keep(model, result.masks)
     return rows
 
 
@@ -191,11 +205,9 @@ def _result_row(
     task: Task,
     spec: RowSpec,
     setup: Setup,
-    method: baselines.Method,
-    repair,
     result: PruneResult,
-    ev: Evaluation,
-    dense: Evaluation,
+    ev: Evaluation | None,
+    dense: Evaluation | None,
     calib_samples: int,
     timer: PhaseTimer,
 ) -> dict:
@@ -207,20 +219,20 @@ def _result_row(
         "prunable_params": report.total,
         "min_layer_density": min(densities.values()),
         "layers_emptied": sum(d == 0.0 for d in densities.values()),
-        "top1": ev.top1,
-        "top5": ev.top5,
-        "loss": ev.loss,
-        "dense_top1": dense.top1,
-        "dense_top5": dense.top5,
+        "top1": ev.top1 if ev else None,
+        "top5": ev.top5 if ev else None,
+        "loss": ev.loss if ev else None,
+        "dense_top1": dense.top1 if dense else None,
+        "dense_top5": dense.top5 if dense else None,
         "recorded_dense_top1": setup.loaded.recorded_top1,
-        "top_class_share": ev.top_class_share,
-        "predictions": json.dumps(ev.predictions),
-        "dense_predictions": json.dumps(dense.predictions),
+        "top_class_share": ev.top_class_share if ev else None,
+        "predictions": json.dumps(ev.predictions) if ev else None,
+        "dense_predictions": json.dumps(dense.predictions) if dense else None,
         "calib_samples": calib_samples,
         "grad_samples": int(info.pop("grad_samples", 0)),
         "activation_samples": int(info.pop("activation_samples", 0)),
         "select_mem_mb": info.pop("select_mem_mb", None),
-        "eval_samples": ev.samples,
+        "eval_samples": ev.samples if ev else 0,
         "peak_mem_mb": peak_memory_mb(setup.device),
         "error": None,
     }

@@ -33,9 +33,6 @@ from reflow.recalibrate import recalibrate_bn, select_layers
 from reflow.registry import Registry
 from reflow.statcorr import correct_statistics
 
-#: What a repair may ask the harness for.
-REPAIR_NEEDS = frozenset({"calibration", "dense_model"})
-
 
 @dataclass
 class RepairContext:

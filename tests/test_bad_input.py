@@ -140,7 +140,7 @@ def no_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("work started before the save target was checked")
 
-    monkeypatch.setattr(command, "load_setup", refuse)
+    monkeypatch.setattr(command, "validate", refuse)
 
 
 def test_prune_refuses_an_existing_target_without_force(tmp_path, capsys, no_work) -> None:

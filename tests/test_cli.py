@@ -91,3 +91,18 @@ def test_bad_input_exits_2_with_one_clear_message(args, message, tmp_path, capsy
 def test_table_on_missing_folder(tmp_path, capsys) -> None:
     assert main(["table", str(tmp_path / "nope")]) == 2
     assert "no results in" in capsys.readouterr().err
+
+
+def test_every_command_has_help_with_examples_and_there_is_a_version(capsys) -> None:
+    import reflow
+
+    commands = ["run", "sweep", "prune", "table", "collapse", "plot", "report", "export"]
+    for command in [*commands, "merge", "list"]:
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        assert done.value.code == 0
+        out = capsys.readouterr().out
+        assert "examples:\n  reflow " + command in out, command
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"reflow {reflow.__version__} (reflow-bench)"

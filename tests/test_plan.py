@@ -202,7 +202,9 @@ def test_family_members_are_batched_for_one_worker() -> None:
     # members with different options run different searches: not batched
     options = {"chita_s": {"num_grads": "8"}}
     apart = plan([Experiment("x", grid, (dataclasses.replace(FAST, options=options),))], set())
-    assert all(len(b) == 1 or b[0].method.name.startswith("cbs") for b in family_batches(apart.tasks))
+    assert all(
+        len(b) == 1 or b[0].method.name.startswith("cbs") for b in family_batches(apart.tasks)
+    )
 
 
 def test_planned_rows_are_one_experiments_rows_of_a_shared_store(tmp_path) -> None:

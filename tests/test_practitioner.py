@@ -130,14 +130,17 @@ def test_prune_command_writes_weights_and_card(tmp_path, capsys) -> None:
     card = json.loads((tmp_path / "m.json").read_text())
     for key in (
         "model",
+        "checkpoint",
         "checkpoint_sha256",
-        "method_options",
+        "config",
         "sparsity_achieved",
-        "calibration_samples",
+        "calib_samples",
         "dense_top1",
-        "pruned_top1",
+        "top1",
         "git_commit",
         "torch",
+        "state_dict_sha256",
+        "layer_shapes",
     ):
         assert key in card
     model = cifar_resnet(20)
@@ -270,3 +273,20 @@ def test_patterns_through_the_harness(tmp_path, text: str) -> None:
     expected = pattern.sparsity * (frame.prunable_params.iloc[0] - stem) / frame.prunable_params
     assert frame.sparsity_achieved.tolist() == pytest.approx(expected.tolist())
     assert (frame.pattern == text).all()
+
+
+def test_prune_saves_the_row_reflow_run_stores(tmp_path, capsys) -> None:
+    """One pipeline: `reflow prune` and `reflow run` on the same grid make the same row (same
+    key and run id, same accuracy, same masks), and prune's card is that row plus file facts."""
+    common = ["--model", "resnet20", "--dataset", "synthetic", "--method", "mp"]
+    common += ["--sparsity", "0.7", "--repair", "reflow", "--calib-batches", "2"]
+    common += ["--calib-batch-size", "16", "--eval-samples", "100", "--device", "cpu"]
+    assert main(["prune", *common, "--save", str(tmp_path / "m.pt")]) == 0
+    assert main(["run", *common, "--out", str(tmp_path / "runs"), "--no-progress"]) == 0
+    capsys.readouterr()
+    card = json.loads((tmp_path / "m.json").read_text())
+    (row,) = ResultStore(tmp_path / "runs", readonly=True).read().to_dict("records")
+    for key in ("run_id", "config_hash", "checkpoint", "top1", "top5", "loss", "dense_top1"):
+        assert card[key] == row[key], key
+    assert card["sparsity_achieved"] == row["sparsity_achieved"]
+    assert card["calib_samples"] == row["calib_samples"] == 32
