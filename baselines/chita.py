@@ -16,9 +16,11 @@ off by default as in the reference scripts). The reference's default algorithm, 
 4. a back-solve: the closed-form minimiser of Q on the final support (`lowrank`).
 
 ``chita_s`` applies the support to the original weights; ``chita_u`` also takes the back-solved
-weights. CHITA++ runs ``stages`` such problems along a sparsity schedule, recomputing gradients at
-the current weights each stage. Weights already zero stay pruned (their gradient columns are
-masked), like the reference's restriction to columns with nonzero gradients.
+weights. Where we differ from the reference: ``chita_u`` always back-solves, while the reference's
+default path returns the IHT iterate on the support (its back-solve is an option); ours is the exact
+minimiser of Q on the same support. CHITA++ runs ``stages`` such problems along a sparsity schedule,
+recomputing gradients at the current weights each stage. Weights already zero stay pruned (their
+gradient columns are masked), like the reference's restriction to columns with nonzero gradients.
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ column at once (W[:, later] −= E·U[block, later]). The per-column loss (w −
 ½ tr(ΔW H ΔWᵀ) (tested). Dead inputs get H_jj = 1 and a zero weight. Grouped and depthwise
 convs run their groups as a batch, with one mask choice across all of them per block.
 
+Where we differ from the reference: a block prunes round(k·i₂/d) minus the weights pruned so far
+(i₂ the block's end, d the columns, k the layer's count), so the layer loses exactly k weights;
+the reference prunes the int(n·s) + 1 entries at or below its block threshold (n the block's
+entries), one more than the target per block (ties aside).
+
 ``sparsegpt_s`` keeps SparseGPT's mask on the original weights (its selection without the
 update), like the paper's "-S" variants.
 """

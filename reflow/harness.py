@@ -29,7 +29,6 @@ from reflow.errors import ReflowError
 from reflow.evaluate import Evaluation, evaluate
 from reflow.masks import (
     apply_masks,
-    global_masks,
     hamming_distance,
     prunable_parameters,
 )
@@ -348,7 +347,7 @@ def magnitude_masks(setup: Setup, sparsity: float, settings: Settings) -> dict:
     params = prunable_parameters(setup.model, settings.scope)
     scores = {n: p.detach().abs() for n, p in params.items()}
     ctx = PruneContext(torch.Generator(), setup.device, pattern=settings.parsed_pattern)
-    return ctx.select(scores, sparsity) if ctx.pattern else global_masks(scores, sparsity)
+    return ctx.select(scores, sparsity)  # N:M with a pattern, else global magnitude
 
 
 def calibration_batches(setup: Setup, seed: int, settings: Settings) -> list[Batch]:
