@@ -17,13 +17,13 @@ from reflow.errors import ReflowError
 from reflow.execute import ExecEnv
 from reflow.executors import EXECUTORS, Executor, get_executor
 from reflow.grid import Experiment, Grid, check_seed
-from reflow.masks import SCOPES, Pattern
+from reflow.masks import Pattern
 from reflow.options import describe_config
 from reflow.paths import check_output
 from reflow.repairs import REPAIRS
 from reflow.results import ResultStore
 from reflow.runner import MAX_ROWS, check_run, run_experiments
-from reflow.settings import DENSE_BN, Settings
+from reflow.settings import Settings, setting_fields
 from reflow.tables import FORMATS, LAYOUTS, table_for
 from reflow.zoo import MODELS
 
@@ -194,46 +194,25 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_settings(p: argparse.ArgumentParser) -> None:
-    """The harness settings (`reflow.settings.Settings`), shared by run and prune."""
-    p.add_argument("--scope", default="all", choices=SCOPES, help="prunable weights")
-    p.add_argument("--calib-batches", type=int, default=50, help="calibration batches for repairs")
-    p.add_argument("--calib-batch-size", type=int, default=128, help="calibration batch size")
-    p.add_argument(
-        "--calib-augment",
-        action="store_true",
-        help="augment calibration images as the CIFAR training recipe (random crop, flip)",
-    )
-    p.add_argument(
-        "--recalibrate-layers",
-        default="all",
-        help="normalisation layers a repair works on: all, first:K or last:K",
-    )
-    p.add_argument("--eval-batch-size", type=int, default=500, help="test images per forward pass")
-    p.add_argument(
-        "--eval-samples",
-        type=int,
-        default=0,
-        help="evaluate the first N test images of the fixed class-mixed order (0: all)",
-    )
-    p.add_argument(
-        "--probe-samples",
-        type=int,
-        default=2000,
-        help="test inputs the variance probe covers (0 = off)",
-    )
-    p.add_argument(
-        "--dense-bn",
-        default="checkpoint",
-        choices=list(DENSE_BN),
-        help="dense BN statistics before pruning: as stored, or re-estimated on the train split "
-        "(CHITA's and M-FAC's ResNet-20 scripts do this)",
-    )
-    p.add_argument(
-        "--pattern",
-        default="",
-        metavar="N:M",
-        help="keep N of every M consecutive input weights (e.g. 2:4); sparsity is 1 - N/M",
-    )
+    """The harness settings, one flag per declared `reflow.settings.Settings` field (its help,
+    choices and default), shared by run and prune; plus ``--set`` for method and repair
+    options."""
+    for f in setting_fields():
+        flag = "--" + f.name.replace("_", "-")
+        meta = f.metadata
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action="store_true", help=meta["help"])
+        else:
+            p.add_argument(
+                flag,
+                type=type(f.default),
+                default=f.default,
+                choices=meta.get("choices"),
+                metavar={"pattern": "N:M", "recalibrate_layers": "all|first:K|last:K"}.get(
+                    f.name, "N" if isinstance(f.default, int) else None
+                ),
+                help=meta["help"],
+            )
     p.add_argument(
         "--set",
         dest="options",
@@ -245,19 +224,8 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return Settings(
-        scope=args.scope,
-        calib_batches=args.calib_batches,
-        calib_batch_size=args.calib_batch_size,
-        calib_augment=args.calib_augment,
-        recalibrate_layers=args.recalibrate_layers,
-        eval_batch_size=args.eval_batch_size,
-        eval_samples=args.eval_samples,
-        probe_samples=args.probe_samples,
-        dense_bn=args.dense_bn,
-        pattern=args.pattern,
-        options=parse_options(args.options),
-    )
+    values = {f.name: getattr(args, f.name) for f in setting_fields()}
+    return Settings(**values, options=parse_options(args.options))
 
 
 def _sparsities(args: argparse.Namespace, settings: Settings) -> tuple[float, ...]:
@@ -426,44 +394,19 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
 
 def _cmd_collapse(args: argparse.Namespace) -> int:
-    from reflow.tables import filter_rows
+    from reflow.tables import collapse_tables
 
     store = ResultStore(args.folder, readonly=True)
-    probes = store.read("probes")
-    if probes.empty:
-        raise ReflowError(
-            f"{args.folder} has no probe rows (variance ratios); they are written by runs with "
-            "--probe-samples above 0 (the default is 2000)"
-        )
-    rows = filter_rows(
-        probes,
-        model=args.model,
-        dataset=args.dataset,
-        checkpoint=args.checkpoint,
-        method=args.method,
-        repair=args.repair,
-        sparsity=args.sparsity,
-        seed=args.seed,
+    filters = {k: getattr(args, k) for k in ("model", "dataset", "checkpoint", "method")}
+    filters |= {"sparsity": args.sparsity, "seed": args.seed}
+    ratios, density = collapse_tables(
+        store.read("probes"), store.read("layers"), repair=args.repair, **filters
     )
-    table = rows.pivot_table(
-        index=["norm_index", "layer"], columns="repair", values="ratio", aggfunc="mean"
-    ).sort_index()
-    table.columns.name = None
     print(
         "output variance ratio var_pruned/var_dense per normalisation layer "
         "(1 = no collapse), mean over seeds\n"
     )
-    print(table.droplevel("norm_index").to_markdown(floatfmt=".4f"))
-    layers = filter_rows(
-        store.read("layers"),
-        model=args.model,
-        dataset=args.dataset,
-        checkpoint=args.checkpoint,
-        method=args.method,
-        sparsity=args.sparsity,
-        seed=args.seed,
-    )
-    density = layers.groupby(["layer_index", "layer"])["density"].mean().droplevel("layer_index")
+    print(ratios.to_markdown(floatfmt=".4f"))
     print(
         f"\nper-layer density (share of weights kept); smallest {density.min():.4f} "
         f"in {density.idxmin()}"
@@ -511,6 +454,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
         ckpts = ", ".join(f"{c.name} ({c.file})" for c in entry.checkpoints)
         print(f"  {name:<17} {entry.family:<9} checkpoints: {ckpts}")
     print("datasets:\n  " + ", ".join(list_datasets()))
+    print("settings (flags of run and prune; keys of [experiment.settings] in sweep files):")
+    for f in setting_fields():
+        choices = (
+            f" ({', '.join(map(str, f.metadata['choices']))})" if f.metadata["choices"] else ""
+        )
+        print(f"  --{f.name.replace('_', '-'):<21} default {f.default!r}{choices}")
+        if args.verbose:
+            print(f"      {f.metadata['help']}")
     return 0
 
 

@@ -8,7 +8,7 @@ so a new option that defaults to "no effect" leaves every stored row's identity 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,13 +20,70 @@ class NoConfig:
     """For things without options."""
 
 
-def option(default: Any, help: str, fixed: bool = False) -> Any:
-    """A config field with help text (shown by ``reflow list -v``).
+def option(
+    default: Any,
+    help: str,
+    fixed: bool = False,
+    choices: Iterable[Any] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> Any:
+    """A config field with help text (shown by ``reflow list -v`` and in ``--help``).
 
     ``fixed`` marks an option that a subclass pins (e.g. OBD's block size of 1): it is listed but
-    cannot be set.
+    cannot be set. ``choices``, ``minimum`` and ``maximum`` declare the valid values; `check`
+    enforces them (a config calls it from ``__post_init__``) with one line naming the option.
     """
-    return field(default=default, metadata={"help": help, "fixed": fixed})
+    metadata = {"help": help, "fixed": fixed, "choices": tuple(choices) if choices else None}
+    metadata |= {"minimum": minimum, "maximum": maximum}
+    return field(default=default, metadata=metadata)
+
+
+def check(config: Any, owner: str = "") -> None:
+    """Enforce every field's declared type, choices and bounds: a config of the wrong type (a
+    string where a number belongs, a float seed) or out of range is one clear line."""
+    prefix = f"{owner}." if owner else ""
+    for f in dataclasses.fields(config):
+        value, meta = getattr(config, f.name), f.metadata
+        if "help" not in meta:
+            continue
+        if not _same_kind(value, f.default):
+            raise ReflowError(
+                f"{prefix}{f.name} takes {_kind(f.default)}, got {value!r} ({type(value).__name__})"
+            )
+        if meta.get("choices") and value not in meta["choices"]:
+            raise ReflowError(
+                f"{prefix}{f.name} must be one of {', '.join(map(str, meta['choices']))}, got "
+                f"{value!r}"
+            )
+        low, high = meta.get("minimum"), meta.get("maximum")
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = " and ".join(
+                b
+                for b in (
+                    f"at least {low}" if low is not None else "",
+                    f"at most {high}" if high is not None else "",
+                )
+                if b
+            )
+            raise ReflowError(f"{prefix}{f.name} must be {bounds}, got {value!r}")
+
+
+def _kind(default: object) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        type(default), type(default).__name__
+    )
+
+
+def _same_kind(value: object, default: object) -> bool:
+    """A value has its default's type (an int is no bool, a bool no int; an int is a number)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    if default is None:
+        return True
+    return isinstance(value, type(default))
 
 
 def make_config(config_cls: type, overrides: Mapping[str, str], owner: str = "") -> Any:

@@ -212,3 +212,26 @@ def table_for(
         )
         out.append((title, render(mean, std, fmt, digits)))
     return out
+
+
+def collapse_tables(
+    probes: pd.DataFrame, layers: pd.DataFrame, repair: object = None, **filters: object
+) -> tuple[pd.DataFrame, pd.Series]:
+    """Signal collapse layer by layer: the variance ratio of every normalisation layer (rows,
+    in network order) per repair (columns), mean over seeds; and each prunable layer's density
+    (share of weights kept). Raises when no stored row matches."""
+    if probes.empty:
+        raise ReflowError(
+            "no probe rows (variance ratios) in this store; they are written by runs with "
+            "--probe-samples above 0 (the default is 2000)"
+        )
+    rows = filter_rows(probes, repair=repair, **filters)
+    if rows.empty:
+        shown = ", ".join(f"{k}={v}" for k, v in filters.items() if v is not None)
+        raise ReflowError(f"no probe rows match {shown}; see `reflow table` for what is stored")
+    table = rows.pivot_table(
+        index=["norm_index", "layer"], columns="repair", values="ratio", aggfunc="mean"
+    ).sort_index()
+    table.columns.name = None
+    density = filter_rows(layers, **filters).groupby(["layer_index", "layer"])["density"].mean()
+    return table.droplevel("norm_index"), density.droplevel("layer_index")

@@ -106,3 +106,24 @@ def test_every_command_has_help_with_examples_and_there_is_a_version(capsys) -> 
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.strip() == f"reflow {reflow.__version__} (reflow-bench)"
+
+
+def test_settings_are_declared_once_and_reach_every_flag(capsys) -> None:
+    """Each Settings field is a flag of run and prune with its declared default and help, is
+    listed by `reflow list -v`, and a flag's value reaches the Settings object."""
+    from reflow.cli import _settings, build_parser
+    from reflow.settings import Settings, setting_fields
+
+    parser = build_parser()
+    for command in ("run", "prune"):
+        base = [command, "--model", "resnet20", "--dataset", "synthetic", "--sparsity", "0.5"]
+        base += ["--out" if command == "run" else "--save", "x"]
+        assert _settings(parser.parse_args(base)) == Settings()
+        changed = parser.parse_args([*base, "--calib-batches", "7", "--dense-bn", "train"])
+        assert _settings(changed) == Settings(calib_batches=7, dense_bn="train")
+    assert main(["list", "-v"]) == 0
+    listed = capsys.readouterr().out
+    for f in setting_fields():
+        assert f"--{f.name.replace('_', '-')}" in listed and f.metadata["help"] in listed
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run", "--model", "m", "--dataset", "d", "--out", "x", "--scope", "x"])

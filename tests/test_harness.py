@@ -151,8 +151,10 @@ def test_bad_grid_fails_before_running(grid, message, tmp_path) -> None:
 def test_bad_settings() -> None:
     with pytest.raises(ReflowError, match="calib_batches must be at least 1"):
         Settings(calib_batches=0)
-    with pytest.raises(ReflowError, match="valid scopes: all, blocks, chita"):
+    with pytest.raises(ReflowError, match="scope must be one of all, blocks, chita"):
         Settings(scope="convs")
+    with pytest.raises(ReflowError, match="eval_samples must be at least 0"):
+        Settings(eval_samples=-1)
 
 
 @pytest.mark.gpu
