@@ -34,7 +34,6 @@ from reflow.baselines.lowrank import constrained_minimiser, gram_cholesky, inver
 from reflow.baselines.registry import register
 from torch import nn
 
-from reflow.errors import ReflowError
 from reflow.masks import count_to_prune, lowest_k
 
 INITS = ("woodfisher", "magnitude")
@@ -42,20 +41,19 @@ INITS = ("woodfisher", "magnitude")
 
 @dataclass(frozen=True)
 class CbsConfig(GradientConfig):
-    init: str = option("woodfisher", "initial mask: woodfisher (ResNet-20 in the paper), magnitude")
+    init: str = option(
+        "woodfisher", "initial mask: woodfisher (ResNet-20 in the paper), magnitude", choices=INITS
+    )
     epsilon: float = option(1e-4, "ε: least objective decrease for a swap to be taken")
-    window: int = option(10, "ρ: kept candidates tried on each side of a pruned weight's rank")
+    window: int = option(
+        10, "ρ: kept candidates tried on each side of a pruned weight's rank", minimum=1
+    )
     max_failures: int = option(20, "τ: positions without a swap before an iteration ends")
-    iterations: int = option(100, "most swap iterations")
+    iterations: int = option(100, "most swap iterations", minimum=1)
     update_scale: float = option(1.0, "scale of the exact OBS update (cbs_u)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("window", "iterations"):
-            if getattr(self, name) < 1:
-                raise ReflowError(f"cbs.{name} must be at least 1, got {getattr(self, name)}")
-        if self.init not in INITS:
-            raise ReflowError(f"cbs.init must be one of {', '.join(INITS)}, got {self.init!r}")
 
 
 def woodfisher_scores(gm: GradientMatrix, weights: torch.Tensor, damp: float) -> torch.Tensor:

@@ -52,27 +52,22 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 class ChitaConfig(GradientConfig):
     damp: float = option(1e-4, "λ: ridge weight ½λ‖β − w̄‖² (the reference's l2)")
     first_order: bool = option(False, "add the first-order term (1/m)·ḡᵀβ (reference: off)")
-    stages: int = option(1, "T: CHITA++ stages, gradients recomputed at each stage's weights")
-    schedule: str = option("poly", f"stage sparsities: {', '.join(SCHEDULES)}")
+    stages: int = option(
+        1, "T: CHITA++ stages, gradients recomputed at each stage's weights", minimum=1
+    )
+    schedule: str = option("poly", f"stage sparsities: {', '.join(SCHEDULES)}", choices=SCHEDULES)
     base_level: float = option(0.1, "sparsity of the first stage when stages > 1")
-    iterations: int = option(100, "IHT iterations per active set, and active-set rounds")
+    iterations: int = option(100, "IHT iterations per active set, and active-set rounds", minimum=1)
     line_search: int = option(5, "step doublings in one IHT line search")
     growth_search: int = option(10, "step doublings when growing the active set")
-    active_factor: float = option(1.5, "initial active set, as a multiple of k")
+    active_factor: float = option(1.5, "initial active set, as a multiple of k", minimum=1)
     tolerance: float = option(1e-7, "relative objective change that ends the IHT iterations")
-    dtype: str = option("float64", "gradient matrix precision: float64 or float32")
+    dtype: str = option(
+        "float64", "gradient matrix precision: float64 or float32", choices=tuple(DTYPES)
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("stages", "iterations"):
-            if getattr(self, name) < 1:
-                raise ReflowError(f"chita.{name} must be at least 1, got {getattr(self, name)}")
-        if self.schedule not in SCHEDULES:
-            raise ReflowError(f"chita.schedule must be one of {', '.join(SCHEDULES)}")
-        if self.dtype not in DTYPES:
-            raise ReflowError(f"chita.dtype must be one of {', '.join(DTYPES)}")
-        if self.active_factor < 1:
-            raise ReflowError("chita.active_factor must be at least 1")
 
 
 def stage_sparsities(stages: int, base: float, target: float, schedule: str) -> list[float]:

@@ -18,23 +18,21 @@ from torch.func import functional_call, grad, vmap
 from reflow.errors import ReflowError
 from reflow.masks import prunable_parameters
 from reflow.memory import MemoryNeed
-from reflow.options import option
+from reflow.options import check, option
 
 
 @dataclass(frozen=True)
 class GradientConfig:
     """Options every method built on n loss gradients has (defaults: WoodFisher's and CBS's)."""
 
-    num_grads: int = option(1000, "n: gradients, each of the loss on a mini-batch")
-    grad_batch_size: int = option(1, "m: samples per gradient")
+    num_grads: int = option(1000, "n: gradients, each of the loss on a mini-batch", minimum=1)
+    grad_batch_size: int = option(1, "m: samples per gradient", minimum=1)
     damp: float = option(1e-5, "λ: dampening added to the Fisher diagonal")
-    chunk: int = option(64, "gradients computed per vectorised call (memory vs speed)")
+    chunk: int = option(64, "gradients computed per vectorised call (memory vs speed)", minimum=1)
     memory_limit_gb: float = option(8.0, "refuse gradient or Fisher storage larger than this")
 
     def __post_init__(self) -> None:
-        for name in ("num_grads", "grad_batch_size", "chunk"):
-            if getattr(self, name) < 1:
-                raise ReflowError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check(self)
         if self.damp <= 0:
             raise ReflowError(f"damp must be > 0, got {self.damp}")
 

@@ -28,9 +28,9 @@ from reflow.baselines.base import Method, PruneContext, PruneResult, option
 from torch import nn
 
 from reflow.data import Batch
-from reflow.errors import ReflowError
 from reflow.masks import Pattern, global_masks, pattern_fits, prunable_parameters
 from reflow.memory import MemoryNeed
+from reflow.options import check
 from reflow.timing import PhaseTimer
 
 INPUT_MODES = ("dense", "sequential")
@@ -42,33 +42,31 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 class LayerwiseConfig:
     """Options every layer-wise method has (defaults: SparseGPT's and Wanda's)."""
 
-    samples: int = option(1024, "calibration images (their own seeded stream)")
-    batch_size: int = option(128, "calibration images per forward pass")
-    inputs: str = option("sequential", "layer inputs: dense (the dense model's) or sequential")
+    samples: int = option(1024, "calibration images (their own seeded stream)", minimum=1)
+    batch_size: int = option(128, "calibration images per forward pass", minimum=1)
+    inputs: str = option(
+        "sequential", "layer inputs: dense (the dense model's) or sequential", choices=INPUT_MODES
+    )
     allocation: str = option(
         "uniform",
         "per-layer sparsity: uniform (every layer at the target) or mp (each layer at the "
         "density the global magnitude mask gives it)",
+        choices=ALLOCATIONS,
     )
-    hessian_dtype: str = option("float32", "H accumulated in float64 or float32")
+    hessian_dtype: str = option(
+        "float32", "H accumulated in float64 or float32", choices=tuple(DTYPES)
+    )
     memory_limit_gb: float = option(8.0, "refuse Hessians larger than this")
 
     def __post_init__(self) -> None:
-        if self.samples < 1 or self.batch_size < 1:
-            raise ReflowError("samples and batch_size must be at least 1")
-        if self.inputs not in INPUT_MODES:
-            raise ReflowError(f"inputs must be one of {', '.join(INPUT_MODES)}")
-        if self.allocation not in ALLOCATIONS:
-            raise ReflowError(f"allocation must be one of {', '.join(ALLOCATIONS)}")
-        if self.hessian_dtype not in DTYPES:
-            raise ReflowError(f"hessian_dtype must be one of {', '.join(DTYPES)}")
-        if getattr(self, "damp", 0.0) < 0:
-            raise ReflowError("damp must be >= 0")
+        check(self)
 
 
 @dataclass(frozen=True)
 class DampedConfig(LayerwiseConfig):
-    damp: float = option(0.01, "share of H's mean diagonal added to it (SparseGPT: 0.01)")
+    damp: float = option(
+        0.01, "share of H's mean diagonal added to it (SparseGPT: 0.01)", minimum=0.0
+    )
 
 
 def groups_of(module: nn.Module) -> int:

@@ -31,7 +31,6 @@ from reflow.baselines.lowrank import (
 from reflow.baselines.registry import register
 from torch import nn
 
-from reflow.errors import ReflowError
 from reflow.masks import count_to_prune, lowest_k, prunable_parameters
 from reflow.memory import MemoryNeed
 
@@ -40,20 +39,19 @@ ALGORITHMS = ("cholesky", "recursion")
 
 @dataclass(frozen=True)
 class MfacConfig(GradientConfig):
-    num_grads: int = option(64, "m: gradients per step (reference script default)")
-    grad_batch_size: int = option(32, "samples per gradient (reference script default)")
-    chunk: int = option(16, "gradients computed per call (memory vs speed)")
-    block_size: int = option(128, "weights per Fisher block (reference default 128)")
-    steps: int = option(16, "R: geometric pruning steps, gradients recomputed before each")
-    algorithm: str = option("cholesky", "cholesky (one factorisation) or recursion (as written)")
+    num_grads: int = option(64, "m: gradients per step (reference script default)", minimum=1)
+    grad_batch_size: int = option(32, "samples per gradient (reference script default)", minimum=1)
+    chunk: int = option(16, "gradients computed per call (memory vs speed)", minimum=1)
+    block_size: int = option(128, "weights per Fisher block (reference default 128)", minimum=1)
+    steps: int = option(
+        16, "R: geometric pruning steps, gradients recomputed before each", minimum=1
+    )
+    algorithm: str = option(
+        "cholesky", "cholesky (one factorisation) or recursion (as written)", choices=ALGORITHMS
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("block_size", "steps"):
-            if getattr(self, name) < 1:
-                raise ReflowError(f"mfac.{name} must be at least 1, got {getattr(self, name)}")
-        if self.algorithm not in ALGORITHMS:
-            raise ReflowError(f"mfac.algorithm must be one of {', '.join(ALGORITHMS)}")
 
 
 def step_sparsities(target: float, steps: int, start: float = 0.0) -> list[float]:

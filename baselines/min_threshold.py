@@ -17,18 +17,20 @@ from torch import nn
 
 from reflow.errors import ReflowError
 from reflow.masks import count_to_prune, global_masks
+from reflow.options import check
 
 
 @dataclass(frozen=True)
 class MinThresholdConfig:
-    min_density: float = option(0.01, "share of every layer's weights always kept")
-    min_count: int = option(0, "number of weights every layer always keeps (the larger rule wins)")
+    min_density: float = option(
+        0.01, "share of every layer's weights always kept", minimum=0.0, maximum=1.0
+    )
+    min_count: int = option(
+        0, "number of weights every layer always keeps (the larger rule wins)", minimum=0
+    )
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.min_density <= 1.0:
-            raise ReflowError(f"mp_mt.min_density must be in [0, 1], got {self.min_density}")
-        if self.min_count < 0:
-            raise ReflowError(f"mp_mt.min_count must be >= 0, got {self.min_count}")
+        check(self)
 
 
 def minimum_kept(n: int, config: MinThresholdConfig) -> int:

@@ -22,7 +22,6 @@ from reflow.baselines.gradients import GradientConfig, per_sample_gradients
 from reflow.baselines.registry import register
 from torch import nn
 
-from reflow.errors import ReflowError
 from reflow.masks import Masks
 
 UPDATES = ("exact", "woodfisher")
@@ -30,19 +29,19 @@ UPDATES = ("exact", "woodfisher")
 
 @dataclass(frozen=True)
 class FisherConfig(GradientConfig):
-    block_size: int = option(128, "B: weights per Fisher block (blocks never cross layers)")
-    inverse: str = option("direct", "block inverse: direct (batched Cholesky) or woodbury")
-    update: str = option("exact", "OBS update: exact (multi-weight) or woodfisher (sum of singles)")
+    block_size: int = option(
+        128, "B: weights per Fisher block (blocks never cross layers)", minimum=1
+    )
+    inverse: str = option(
+        "direct", "block inverse: direct (batched Cholesky) or woodbury", choices=INVERSES
+    )
+    update: str = option(
+        "exact", "OBS update: exact (multi-weight) or woodfisher (sum of singles)", choices=UPDATES
+    )
     update_scale: float = option(1.0, "scale of the woodfisher-form update")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.block_size < 1:
-            raise ReflowError(f"block_size must be at least 1, got {self.block_size}")
-        if self.inverse not in INVERSES:
-            raise ReflowError(f"inverse must be one of {', '.join(INVERSES)}, got {self.inverse!r}")
-        if self.update not in UPDATES:
-            raise ReflowError(f"update must be one of {', '.join(UPDATES)}, got {self.update!r}")
 
 
 @dataclass(frozen=True)

@@ -12,17 +12,16 @@ from reflow.baselines.base import Method, PruneContext, PruneResult, option
 from reflow.baselines.registry import register
 from torch import nn
 
-from reflow.errors import ReflowError
+from reflow.options import check
 
 
 @dataclass(frozen=True)
 class SnipConfig:
-    batches: int = option(10, "train batches the gradient is averaged over")
-    batch_size: int = option(128, "samples per batch")
+    batches: int = option(10, "train batches the gradient is averaged over", minimum=1)
+    batch_size: int = option(128, "samples per batch", minimum=1)
 
     def __post_init__(self) -> None:
-        if self.batches < 1 or self.batch_size < 1:
-            raise ReflowError("snip.batches and snip.batch_size must be at least 1")
+        check(self)
 
 
 def mean_gradient(

@@ -32,6 +32,7 @@ from reflow.cifar_resnet import BasicBlock, PadShortcut
 from reflow.errors import ReflowError
 from reflow.masks import Masks, prunable_parameters, sparsity_of
 from reflow.norms import has_affine, mark_kept_channels, norm_layers
+from reflow.options import check
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,14 @@ class StructuredConfig:
     max_layer_ratio: float = option(
         0.95, "most of any layer's channels one step may remove (none is emptied)"
     )
-    search_steps: int = option(12, "bisection steps for the channel ratio matching the sparsity")
+    search_steps: int = option(
+        12, "bisection steps for the channel ratio matching the sparsity", minimum=1
+    )
 
     def __post_init__(self) -> None:
+        check(self)
         if not 0 < self.max_layer_ratio < 1:
             raise ReflowError("max_layer_ratio must be in (0, 1)")
-        if self.search_steps < 1:
-            raise ReflowError("search_steps must be at least 1")
 
 
 def ignored_layers(model: nn.Module, scope_params: dict[str, nn.Parameter]) -> list[nn.Module]:

@@ -44,7 +44,7 @@ def check(config: Any, owner: str = "") -> None:
     string where a number belongs, a float seed) or out of range is one clear line."""
     prefix = f"{owner}." if owner else ""
     for f in dataclasses.fields(config):
-        value, meta = getattr(config, f.name), f.metadata
+        value, meta = getattr(config, f.name), _declared(type(config), f)
         if "help" not in meta:
             continue
         if not _same_kind(value, f.default):
@@ -67,6 +67,20 @@ def check(config: Any, owner: str = "") -> None:
                 if b
             )
             raise ReflowError(f"{prefix}{f.name} must be {bounds}, got {value!r}")
+
+
+def _declared(cls: type, f: dataclasses.Field) -> dict[str, Any]:
+    """A field's metadata, with the choices and bounds a base class declared for the same
+    option when a subclass redefines it only to change its default or help (OBC's ``damp``)."""
+    meta = dict(f.metadata)
+    for base in cls.__mro__[1:]:
+        inherited = getattr(base, "__dataclass_fields__", {}).get(f.name)
+        if inherited is None:
+            continue
+        for key in ("choices", "minimum", "maximum"):
+            if meta.get(key) is None and inherited.metadata.get(key) is not None:
+                meta[key] = inherited.metadata[key]
+    return meta
 
 
 def _kind(default: object) -> str:
@@ -105,7 +119,10 @@ def make_config(config_cls: type, overrides: Mapping[str, str], owner: str = "")
             values[key] = convert(raw, fields[key].default)
         except ValueError as exc:
             raise ReflowError(f"option {prefix}{key}={raw!r}: {exc}") from exc
-    return config_cls(**values)
+    try:
+        return config_cls(**values)
+    except ReflowError as exc:
+        raise ReflowError(f"{owner}: {exc}" if owner else str(exc)) from None
 
 
 def convert(raw: Any, default: Any) -> Any:
@@ -129,8 +146,17 @@ def describe_config(config_cls: type) -> list[str]:
     """One line per option: name, default and help text."""
     lines = []
     for f in dataclasses.fields(config_cls):
-        fixed = " (fixed)" if f.metadata.get("fixed") else ""
-        lines.append(f"{f.name}={f.default!r}{fixed}  {f.metadata.get('help', '')}".rstrip())
+        meta = _declared(config_cls, f)
+        fixed = " (fixed)" if meta.get("fixed") else ""
+        valid = []
+        if meta.get("choices"):
+            valid.append("one of " + ", ".join(map(str, meta["choices"])))
+        if meta.get("minimum") is not None:
+            valid.append(f"≥ {meta['minimum']}")
+        if meta.get("maximum") is not None:
+            valid.append(f"≤ {meta['maximum']}")
+        declared = f" [{'; '.join(valid)}]" if valid else ""
+        lines.append(f"{f.name}={f.default!r}{fixed}  {meta.get('help', '')}{declared}".rstrip())
     return lines
 
 

@@ -1,5 +1,6 @@
 import pytest
 
+from reflow import baselines
 from reflow.cli import main
 
 RUN = [
@@ -127,3 +128,35 @@ def test_settings_are_declared_once_and_reach_every_flag(capsys) -> None:
         assert f"--{f.name.replace('_', '-')}" in listed and f.metadata["help"] in listed
     with pytest.raises(SystemExit):
         parser.parse_args(["run", "--model", "m", "--dataset", "d", "--out", "x", "--scope", "x"])
+
+
+def test_declared_choices_and_bounds_hold_for_every_registered_config() -> None:
+    """Every method's and executor's declared choices and bounds are enforced, including on
+    options a subclass redefines (OBC's damp and inputs keep their base class's declarations)."""
+    import dataclasses
+
+    from reflow.errors import ReflowError
+    from reflow.executors import EXECUTORS
+    from reflow.options import _declared
+    from reflow.repairs import REPAIRS
+
+    checked = 0
+    for registry in (baselines.METHODS, REPAIRS, EXECUTORS):
+        for name, cls in registry.items():
+            for f in dataclasses.fields(cls.Config):
+                meta = _declared(cls.Config, f)
+                if meta.get("fixed"):
+                    continue
+                bad = []
+                if meta.get("choices"):
+                    bad.append("no-such-choice")
+                if meta.get("minimum") is not None:
+                    bad.append(str(meta["minimum"] - 1))
+                if meta.get("maximum") is not None:
+                    bad.append(str(meta["maximum"] + 1))
+                for value in bad:
+                    options = {f.name: value} | ({"folder": "f"} if name == "submitit" else {})
+                    with pytest.raises(ReflowError, match=f"{name}: {f.name} must be"):
+                        registry.build(name, options)
+                    checked += 1
+    assert checked >= 40

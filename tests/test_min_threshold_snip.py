@@ -65,8 +65,12 @@ def test_mp_mt_says_when_target_is_unreachable() -> None:
 
 
 def test_mp_mt_config_validates() -> None:
-    with pytest.raises(ReflowError, match="min_density must be in"):
+    with pytest.raises(
+        ReflowError, match=r"mp_mt: min_density must be at least 0.0 and at most 1.0"
+    ):
         baselines.get_method("mp_mt", {"min_density": "1.5"})
+    with pytest.raises(ReflowError, match="mp_mt: min_count must be at least 0"):
+        baselines.get_method("mp_mt", {"min_count": "-1"})
 
 
 def test_snip_equals_hand_computation() -> None:

@@ -18,7 +18,7 @@ import torch
 
 from reflow.errors import ReflowError
 from reflow.execute import ExecEnv, RowResult, execute
-from reflow.options import NoConfig, option
+from reflow.options import NoConfig, check, option
 from reflow.plan import Task
 from reflow.registry import Registry
 
@@ -83,11 +83,12 @@ def get_executor(name: str, options: dict[str, str] | None = None) -> Executor:
 class SerialConfig:
     # Iterative methods (M-FAC's 16 recomputation steps) amplify the last-bit differences that
     # another thread count's reduction order makes: equal --threads reproduce a Dask row exactly.
-    threads: int = option(0, "torch threads in this process (torch.set_num_threads); 0: as is")
+    threads: int = option(
+        0, "torch threads in this process (torch.set_num_threads); 0: as is", minimum=0
+    )
 
     def __post_init__(self) -> None:
-        if self.threads < 0:
-            raise ReflowError("--threads must be at least 1 (or 0: torch's default)")
+        check(self)
 
 
 @register

@@ -28,17 +28,19 @@ from typing import Any
 from reflow.errors import ReflowError
 from reflow.execute import ExecEnv, RowResult, SetupFailed, execute
 from reflow.executors.base import Executor, crash_rows, register, torch_threads
-from reflow.options import option
+from reflow.options import check, option
 from reflow.plan import Task, family_batches
 
 
 @dataclass(frozen=True)
 class DaskConfig:
-    workers: int = option(2, "worker processes of a local cluster")
-    threads: int = option(1, "torch threads in each worker (torch.set_num_threads)")
+    workers: int = option(2, "worker processes of a local cluster", minimum=1)
+    threads: int = option(1, "torch threads in each worker (torch.set_num_threads)", minimum=1)
     gpus: str = option("", "comma list of GPU ids; a local worker is pinned to each")
     scheduler: str = option("", "an existing cluster's scheduler address; empty: a local cluster")
-    allowed_failures: int = option(0, "reruns of a task whose worker died (Dask allowed-failures)")
+    allowed_failures: int = option(
+        0, "reruns of a task whose worker died (Dask allowed-failures)", minimum=0
+    )
     memory_limit: str = option("0", "per-worker memory limit of a local cluster ('0': none)")
     security: str = option(
         "", "TOML file with ca_file, cert and key (TLS) for an existing --scheduler"
@@ -46,10 +48,7 @@ class DaskConfig:
     connect_timeout: float = option(10.0, "seconds to wait for an existing --scheduler")
 
     def __post_init__(self) -> None:
-        if self.workers < 1 or self.threads < 1:
-            raise ReflowError("--workers and --threads must be at least 1")
-        if self.allowed_failures < 0:
-            raise ReflowError("allowed_failures must be >= 0")
+        check(self)
         if self.security and not self.scheduler:
             raise ReflowError(
                 "security names TLS files for an existing cluster: give --scheduler too (a "

@@ -20,7 +20,7 @@ from reflow.errors import ReflowError
 from reflow.execute import ExecEnv, RowResult, execute
 from reflow.executors.base import Executor, crash_rows, register, torch_threads
 from reflow.executors.shards import read_shard, shard_name, write_shard
-from reflow.options import option
+from reflow.options import check, option
 from reflow.plan import Task, family_batches
 
 CLUSTERS = ("slurm", "local", "debug")
@@ -29,20 +29,19 @@ CLUSTERS = ("slurm", "local", "debug")
 @dataclass(frozen=True)
 class SubmititConfig:
     folder: str = option("", "job and shard folder (default: OUT/submitit)")
-    cluster: str = option("slurm", "slurm, local (processes here) or debug (in this process)")
+    cluster: str = option(
+        "slurm", "slurm, local (processes here) or debug (in this process)", choices=CLUSTERS
+    )
     partition: str = option("", "SLURM partition")
-    timeout_min: int = option(60, "time limit of each array task (minutes)")
+    timeout_min: int = option(60, "time limit of each array task (minutes)", minimum=1)
     gpus: int = option(0, "GPUs per array task")
-    threads: int = option(2, "CPUs per array task (torch threads)")
+    threads: int = option(2, "CPUs per array task (torch threads)", minimum=1)
     array_parallelism: int = option(64, "array tasks running at once")
     wait: bool = option(True, "wait and merge here; false: submit and return (`reflow merge`)")
     poll_seconds: float = option(5.0, "how often the driver looks for finished jobs")
 
     def __post_init__(self) -> None:
-        if self.cluster not in CLUSTERS:
-            raise ReflowError(f"submitit cluster must be one of {', '.join(CLUSTERS)}")
-        if self.threads < 1 or self.timeout_min < 1:
-            raise ReflowError("threads and timeout_min must be at least 1")
+        check(self)
 
 
 def run_shard(batch: tuple[Task, ...], env: ExecEnv, shards: list[str], threads: int) -> str:
