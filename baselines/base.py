@@ -20,6 +20,7 @@ from reflow.errors import ReflowError
 from reflow.masks import Masks, Pattern, global_masks, pattern_masks, prunable_parameters
 from reflow.memory import MemoryNeed
 from reflow.options import NoConfig, describe_config, make_config, option
+from reflow.registry import missing_requirements
 from reflow.timing import PhaseTimer
 
 #: What a method may ask the harness for: train data (a seeded sample of the train split),
@@ -109,13 +110,17 @@ class Method(ABC):
     structured: ClassVar[bool] = False
     Config: ClassVar[type] = NoConfig
     summary: ClassVar[str] = ""
+    #: Optional packages the method needs (module names), and the extra that installs them.
+    requires: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str] = ""
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
 
     def applies_to(self, model: nn.Module) -> str | None:
-        """None when the method can prune ``model``, else the reason it cannot (one line)."""
-        return None
+        """None when the method can prune ``model``, else the reason it cannot (one line): by
+        default, the optional packages it requires that are missing."""
+        return missing_requirements(f"method {self.name}", self.requires, self.extra)
 
     def memory_needed(self, model: nn.Module, scope: str) -> MemoryNeed | None:
         """The largest allocation pruning ``model``'s ``scope`` weights makes, from shapes and

@@ -20,7 +20,6 @@ of each block are pruned (Torch-Pruning cannot follow the padding; the standard 
 from __future__ import annotations
 
 import copy
-import importlib.util
 from dataclasses import dataclass
 
 import torch
@@ -73,15 +72,10 @@ class _Structured(Method):
     updates_weights = True
     structured = True
     Config = StructuredConfig
+    #: Built on Torch-Pruning's dependency graph.
+    requires = ("torch_pruning",)
+    extra = "structured"
     global_ranking: bool = False
-
-    def applies_to(self, model: nn.Module) -> str | None:
-        if importlib.util.find_spec("torch_pruning") is None:
-            return (
-                f"{self.name} is built on Torch-Pruning, which is not installed: "
-                'pip install -e ".[structured]"'
-            )
-        return None
 
     def importance(self) -> object:  # a Torch-Pruning importance
         raise NotImplementedError

@@ -59,3 +59,17 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def missing_requirements(what: str, requires: tuple[str, ...], extra: str) -> str | None:
+    """The one line every registered thing (method, repair, executor) gives when the optional
+    packages it ``requires`` are not installed, with the extra that installs them; else None."""
+    import importlib.util
+
+    missing = [m for m in requires if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return (
+        f"{what} needs {', '.join(missing)}, which is not installed: "
+        f'pip install -e ".[{extra}]" (or pip install {" ".join(missing)})'
+    )

@@ -19,6 +19,7 @@ reflow+statcorr       REFLOW, then statistics correction (a declared composite) 
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from reflow.data import Batch
 from reflow.norms import batchnorm_layers, describe_norms, has_affine, norm_layers
 from reflow.options import NoConfig, option
 from reflow.recalibrate import recalibrate_bn, select_layers
-from reflow.registry import Registry
+from reflow.registry import Registry, missing_requirements
 from reflow.statcorr import correct_statistics
 
 
@@ -51,13 +52,17 @@ class Repair(ABC):
     summary: ClassVar[str] = ""
     needs: ClassVar[frozenset[str]] = frozenset()
     Config: ClassVar[type] = NoConfig
+    #: Optional packages the repair needs (module names), and the extra that installs them.
+    requires: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str] = ""
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
 
     def applies_to(self, model: nn.Module) -> str | None:
-        """None when this repair can work on ``model``, else the reason it cannot."""
-        return None
+        """None when this repair can work on ``model``, else the reason it cannot: by default,
+        the optional packages it requires that are missing."""
+        return missing_requirements(f"repair {self.name}", self.requires, self.extra)
 
     def layer_count(self, model: nn.Module) -> int | None:
         """How many layers ``--recalibrate-layers`` selects among (None: the setting is unused)."""
@@ -172,13 +177,20 @@ class StatCorr(Repair):
 
 
 class CompositeRepair(Repair):
-    """Repairs run one after another on the same calibration batches."""
+    """Repairs run one after another on the same calibration batches. Its ``Config`` holds the
+    options of its steps (``--set reflow+statcorr.min_std=…``), each passed to the steps whose
+    own ``Config`` has it."""
 
     parts: ClassVar[tuple[str, ...]]
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
-        self.steps = [get_repair(p) for p in self.parts]
+        self.steps = []
+        for part in self.parts:
+            cls = REPAIRS.get(part)
+            names = {f.name for f in dataclasses.fields(cls.Config)}
+            mine = {k: v for k, v in dataclasses.asdict(self.config).items() if k in names}
+            self.steps.append(cls(cls.Config(**mine)))
 
     def applies_to(self, model: nn.Module) -> str | None:
         return next((r for r in (s.applies_to(model) for s in self.steps) if r), None)
@@ -207,3 +219,4 @@ class ReflowThenStatCorr(CompositeRepair):
     summary = "REFLOW, then statistics correction on the same calibration images"
     needs = frozenset({"calibration", "dense_model"})
     parts = ("reflow", "statcorr")
+    Config = StatCorrConfig

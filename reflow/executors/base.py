@@ -20,7 +20,7 @@ from reflow.errors import ReflowError
 from reflow.execute import ExecEnv, RowResult, execute
 from reflow.options import NoConfig, check, option
 from reflow.plan import Task
-from reflow.registry import Registry
+from reflow.registry import Registry, missing_requirements
 
 
 class Executor(ABC):
@@ -36,14 +36,8 @@ class Executor(ABC):
 
     def check(self) -> None:
         """Raise before planning when the engine behind this executor is not installed."""
-        import importlib.util
-
-        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
-        if missing:
-            raise ReflowError(
-                f"--executor {self.name} needs {', '.join(missing)}: "
-                f'pip install -e ".[{self.extra}]" (or pip install {" ".join(missing)})'
-            )
+        if reason := missing_requirements(f"--executor {self.name}", self.requires, self.extra):
+            raise ReflowError(reason)
 
     @abstractmethod
     def run(self, tasks: Iterable[Task], env: ExecEnv) -> Iterator[tuple[Task, list[RowResult]]]:
