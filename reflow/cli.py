@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from reflow import __version__, baselines
-from reflow.data import list_datasets
+from reflow.data import DATASETS
 from reflow.errors import ReflowError
 from reflow.execute import ExecEnv
 from reflow.executors import EXECUTORS, Executor, get_executor
@@ -453,7 +453,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for name, entry in MODELS.items():
         ckpts = ", ".join(f"{c.name} ({c.file})" for c in entry.checkpoints)
         print(f"  {name:<17} {entry.family:<9} checkpoints: {ckpts}")
-    print("datasets:\n  " + ", ".join(list_datasets()))
+    print("datasets:")
+    for name, entry in DATASETS.items():
+        print(f"  {name:<17} {entry.summary}")
+        if args.verbose:
+            print(f"      normalisation: {entry.normalisation}")
     print("settings (flags of run and prune; keys of [experiment.settings] in sweep files):")
     for f in setting_fields():
         choices = (

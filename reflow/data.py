@@ -21,7 +21,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from reflow import paths
-from reflow.errors import ReflowError, unknown_name
+from reflow.errors import ReflowError
+from reflow.registry import Registry
 from reflow.tensor_cache import cached_tensors
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -205,22 +206,16 @@ def _require_dir(path: Path, how_to_get: str) -> Path:
 
 def _cifar10_jpeg(root: Path, input_size: int) -> ImageData:
     base = root / "cifar10-jpeg"
-    how = (
-        "It holds CIFAR-10 as JPEG files in ImageFolder layout (train/<class>/*.jpg, test/...); "
-        "set REFLOW_HOME (e.g. REFLOW_HOME=../shared) or pass --data-root; see datasets/README.md."
-    )
+    _check_cifar10_jpeg(root)
     splits = {}
     for split in ("train", "test"):
-        files, labels, classes = _image_files(_require_dir(base / split, how))
-        if tuple(classes) != CIFAR10_CLASSES:
-            raise ReflowError(
-                f"{base / split} has classes {classes}, expected {list(CIFAR10_CLASSES)}"
-            )
+        files, labels, _ = _image_files(base / split)
         key = f"cifar10-jpeg-{split}-{_fingerprint(files)}"
         tensors = cached_tensors(
             key, lambda f=files, y=labels, s=split: _decode_folder(f, y, f"decode {s}")
         )
-        splits[split] = TensorSplit(tensors["images"], tensors["labels"])
+        entry = DATASETS.get("cifar10-jpeg")
+        splits[split] = TensorSplit(tensors["images"], tensors["labels"], entry.mean, entry.std)
     return ImageData("cifar10-jpeg", splits["train"], splits["test"], 10, base)
 
 
@@ -238,7 +233,9 @@ def _cifar10(root: Path, input_size: int) -> ImageData:
                 "use --dataset cifar10-jpeg, or place cifar-10-batches-py in that folder."
             ) from exc
         images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-        splits[split] = TensorSplit(images, torch.tensor(ds.targets, dtype=torch.int64))
+        labels = torch.tensor(ds.targets, dtype=torch.int64)
+        entry = DATASETS.get("cifar10")
+        splits[split] = TensorSplit(images, labels, entry.mean, entry.std)
     return ImageData("cifar10", splits["train"], splits["test"], 10, base)
 
 
@@ -301,49 +298,91 @@ def _synthetic(root: Path, input_size: int) -> ImageData:
     return synthetic(input_size, num_classes=1000 if input_size > 64 else 10)
 
 
-_LOADERS: dict[str, Callable[[Path, int], ImageData]] = {
-    "cifar10": _cifar10,
-    "cifar10-jpeg": _cifar10_jpeg,
-    "imagenet": _imagenet,
-    "synthetic": _synthetic,
-}
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A registered dataset: its loader, what it needs on disk, its split sizes where known
+    without reading it, and the normalisation its images get (and why)."""
+
+    name: str
+    summary: str
+    load: Callable[[Path, int], ImageData]
+    #: Raises a one-line error if the data is not usable under a root; returns the split sizes
+    #: where they are known without decoding (None: unknown).
+    check: Callable[[Path], dict[str, int] | None]
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    normalisation: str = ""
+
+
+def _check_cifar10_jpeg(root: Path) -> dict[str, int]:
+    sizes = {}
+    for split in ("train", "test"):
+        files, _, classes = _image_files(_require_dir(root / "cifar10-jpeg" / split, _HOW))
+        if tuple(classes) != CIFAR10_CLASSES:
+            raise ReflowError(
+                f"{root / 'cifar10-jpeg' / split} has classes {classes}, expected "
+                f"{list(CIFAR10_CLASSES)}"
+            )
+        sizes[split] = len(files)
+    return sizes
+
+
+def _check_imagenet(root: Path) -> None:
+    for folder in ("imagenet/train", "imagenet/val"):
+        _require_dir(root / folder, _HOW)
+    return None
+
+
+_HOW = "Set REFLOW_HOME (e.g. REFLOW_HOME=../shared) or pass --data-root; see datasets/README.md."
+_CHECKPOINT_NORMALISATION = (
+    "ImageNet's mean and std, which every CIFAR checkpoint here was trained with (keep them: "
+    "other numbers would change every recorded accuracy)"
+)
+
+DATASETS: Registry[DatasetEntry] = Registry("dataset")
+for _entry in (
+    DatasetEntry(
+        "cifar10",
+        "CIFAR-10 (torchvision's download; 50,000 train / 10,000 test, 32x32)",
+        _cifar10,
+        lambda root: {"train": 50000, "test": 10000},
+        normalisation=_CHECKPOINT_NORMALISATION,
+    ),
+    DatasetEntry(
+        "cifar10-jpeg",
+        "CIFAR-10 as JPEG files in ImageFolder layout (REFLOW_HOME/data/cifar10-jpeg)",
+        _cifar10_jpeg,
+        _check_cifar10_jpeg,
+        normalisation=_CHECKPOINT_NORMALISATION,
+    ),
+    DatasetEntry(
+        "imagenet",
+        "ImageNet-1k in ImageFolder layout (train/, val/), resized 256, centre crop",
+        _imagenet,
+        _check_imagenet,
+        normalisation="ImageNet's mean and std (torchvision's weights)",
+    ),
+    DatasetEntry(
+        "synthetic",
+        "random standard-normal images with random labels (shapes for timing, no meaning)",
+        _synthetic,
+        lambda root: {"train": 6400, "test": 1000},
+        normalisation="none: the images are drawn already standardised",
+    ),
+):
+    DATASETS.add(_entry.name, _entry)
 
 
 def list_datasets() -> list[str]:
-    return list(_LOADERS)
+    return DATASETS.names()
 
 
 def check_dataset(name: str, root: Path | None = None) -> dict[str, int] | None:
     """Raise now, before any row runs, if ``name``'s folders are missing or empty (nothing is
     decoded); returns the split sizes where they are known without decoding."""
-    if name not in _LOADERS:
-        raise unknown_name("dataset", name, _LOADERS)
-    base = Path(root) if root else paths.data_root()
-    how = (
-        "Set REFLOW_HOME (e.g. REFLOW_HOME=../shared) or pass --data-root; see datasets/README.md."
-    )
-    if name == "cifar10-jpeg":
-        sizes = {}
-        for split in ("train", "test"):
-            files, _, classes = _image_files(_require_dir(base / "cifar10-jpeg" / split, how))
-            if tuple(classes) != CIFAR10_CLASSES:
-                raise ReflowError(
-                    f"{base / 'cifar10-jpeg' / split} has classes {classes}, expected "
-                    f"{list(CIFAR10_CLASSES)}"
-                )
-            sizes[split] = len(files)
-        return sizes
-    if name == "imagenet":
-        for folder in ("imagenet/train", "imagenet/val"):
-            _require_dir(base / folder, how)
-        return None
-    if name == "synthetic":
-        return {"train": 6400, "test": 1000}
-    return {"train": 50000, "test": 10000}  # cifar10
+    return DATASETS.get(name).check(Path(root) if root else paths.data_root())
 
 
 def load_dataset(name: str, root: Path | None = None, input_size: int = 32) -> ImageData:
     """Load dataset ``name`` from ``root`` (default: `reflow.paths.data_root`)."""
-    if name not in _LOADERS:
-        raise unknown_name("dataset", name, _LOADERS)
-    return _LOADERS[name](Path(root) if root else paths.data_root(), input_size)
+    return DATASETS.get(name).load(Path(root) if root else paths.data_root(), input_size)
