@@ -9,10 +9,19 @@ module names kept (``bn1``, ``layerN.M.bn1/bn2``) so checkpoints map one to one.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from reflow.model_registry import (
+    Checkpoint,
+    ModelEntry,
+    akamaster_checkpoints,
+    register_model,
+    shared_checkpoint,
+)
 
 #: Blocks per stage for each depth (depth = 6n + 2).
 DEPTHS = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18}
@@ -97,3 +106,66 @@ def cifar_resnet(
     """A CIFAR ResNet of the given depth (20, 32, 44, 56 or 110); ``norm`` is batch or layer;
     ``width`` is the first stage's (16 in the paper; narrower copies keep tests fast)."""
     return CifarResNet(DEPTHS[depth], num_classes, NORMS[norm], width)
+
+
+def _resnet20_checkpoints() -> tuple[Checkpoint, ...]:
+    (original,) = akamaster_checkpoints(
+        20, "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8", 91.78
+    )
+    original = replace(original, dense_top1={"cifar10": 91.78, "cifar10-jpeg": 81.03})
+    finetuned = Checkpoint(
+        name="cifar10-jpeg",
+        file="resnet20_cifar10jpeg.pt",
+        sha256="9b4e9a0202765d26c64c775417879c5fad45fdfe343a52d3bd9e4f9e942121ef",
+        url=None,
+        dense_top1={"cifar10-jpeg": 88.44},
+        accuracy_source="shared/README.md (eval: ToTensor + Normalize, full test split)",
+        recipe=(
+            "fine-tuned from resnet20-12fca82f.th on cifar10-jpeg train: 12 epochs, one-cycle "
+            "SGD, lr 0.02, batch 128, random crop + flip"
+        ),
+    )
+    return (finetuned, original)
+
+
+def _resnet32_checkpoints() -> tuple[Checkpoint, ...]:
+    (original,) = akamaster_checkpoints(
+        32, "d509ac1820d7f25398913559d7e81a13229b1e7adc5648e3bfa5e22dc137f850", 92.78
+    )
+    return (replace(original, dense_top1={"cifar10": 92.78, "cifar10-jpeg": 82.56}),)
+
+
+for _depth, _checkpoints in (
+    (20, _resnet20_checkpoints()),
+    (32, _resnet32_checkpoints()),
+    (44, akamaster_checkpoints(44, "014dd654", 93.10)),
+    (56, akamaster_checkpoints(56, "4bfd9763", 93.39)),
+    (110, akamaster_checkpoints(110, "1d1ed7c2", 93.68)),
+):
+    register_model(
+        ModelEntry(
+            f"resnet{_depth}",
+            "cifar",
+            lambda n, depth=_depth: cifar_resnet(depth, n),
+            10,
+            _checkpoints,
+        )
+    )
+register_model(
+    ModelEntry(
+        "resnet20_ln",
+        "cifar",
+        lambda n: cifar_resnet(20, n, norm="layer"),
+        10,
+        (
+            shared_checkpoint(
+                "resnet20_ln_cifar10jpeg.pt",
+                "c27e5571a50cead146cc118493c1cbcbf93ddde2cfb337fc962f7c970e92c3c2",
+                83.99,
+                "every BatchNorm2d of resnet20_cifar10jpeg.pt replaced by GroupNorm(1, C) (BN "
+                "affine copied in), fine-tuned 32 epochs on cifar10-jpeg train: one-cycle SGD "
+                "nesterov, max lr 0.1, wd 5e-4, batch 128, random crop + flip",
+            ),
+        ),
+    )
+)

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reflow.model_registry import ModelEntry, register_model, shared_checkpoint
+
 #: (output channels, stride) of the 13 depthwise-separable blocks.
 BLOCKS = (
     (64, 1),
@@ -59,3 +61,22 @@ class MobileNetV1Cifar(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layers(F.relu(self.bn1(self.conv1(x))))
         return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+register_model(
+    ModelEntry(
+        "mobilenet_v1",
+        "cifar",
+        MobileNetV1Cifar,
+        10,
+        (
+            shared_checkpoint(
+                "mobilenetv1_cifar10jpeg.pt",
+                "0b258aaa2fecbee8e7810ad0f7058ea73621dd6362b12290b6e6b7621a6e06bb",
+                86.45,
+                "trained from scratch on cifar10-jpeg train: 20 epochs, one-cycle SGD "
+                "nesterov, max lr 0.1, wd 5e-4, batch 128, random crop + flip",
+            ),
+        ),
+    )
+)

@@ -1,5 +1,6 @@
-"""Model zoo: one entry point (`get_model`, `list_models`) over CIFAR ResNets and torchvision
-ImageNet architectures. Each checkpoint entry carries its file, sha256 (verified on load), public
+"""Model zoo: one entry point (`get_model`, `list_models`, `resolve_checkpoint`) over the models
+registered where they are defined (CIFAR ResNets, MobileNetV1; torchvision's ImageNet
+architectures below). Each checkpoint entry carries its file, sha256 (verified on load), public
 URL, recorded dense accuracy and training recipe, as torchvision's weights entries do.
 """
 
@@ -9,111 +10,20 @@ import contextlib
 import functools
 import hashlib
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
-from reflow import paths
+from reflow import cifar_resnet, mobilenet, paths  # noqa: F401 (they register their models)
 from reflow.atomic import atomic_write
-from reflow.cifar_resnet import cifar_resnet
-from reflow.errors import ReflowError, unknown_name
-from reflow.mobilenet import MobileNetV1Cifar
-from reflow.registry import Registry
+from reflow.errors import ReflowError
+from reflow.model_registry import MODELS, Checkpoint, ModelEntry, register_model
 
-_AKAMASTER = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/"
-_AKAMASTER_RECIPE = (
-    "Idelbayev 2018: SGD lr 0.1 momentum 0.9 wd 1e-4, 200 epochs, random crop + flip, "
-    "original CIFAR-10 train split"
-)
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """A published set of weights for one architecture."""
-
-    name: str
-    file: str
-    #: Full sha256 hex digest, or the prefix that the file name carries when only that is known.
-    sha256: str
-    url: str | None
-    #: Recorded dense top-1 (%) per dataset, with where the figure comes from.
-    dense_top1: Mapping[str, float]
-    accuracy_source: str
-    recipe: str
-    #: Loads the file into a state dict whose keys match the architecture.
-    loader: str = "state_dict"
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    name: str
-    family: str  # "cifar" or "imagenet"
-    build: Callable[[int], nn.Module]
-    num_classes: int
-    checkpoints: tuple[Checkpoint, ...] = field(default_factory=tuple)
-
-    @property
-    def input_size(self) -> int:
-        """Side of the square input images the architecture expects."""
-        return 32 if self.family == "cifar" else 224
-
-    def checkpoint(self, name: str) -> Checkpoint:
-        for ckpt in self.checkpoints:
-            if ckpt.name == name:
-                return ckpt
-        valid = [c.name for c in self.checkpoints] + ["none", "a file path"]
-        raise unknown_name(f"checkpoint for {self.name}", name, valid)
-
-    def default_checkpoint(self, dataset: str) -> Checkpoint | None:
-        """The checkpoint recorded best on ``dataset``, or None (random init) if none is:
-        so ``synthetic`` data, recorded by no checkpoint, never triggers a download."""
-        recorded = [c for c in self.checkpoints if dataset in c.dense_top1]
-        return max(recorded, key=lambda c: c.dense_top1[dataset]) if recorded else None
-
-
-def _cifar_checkpoints(depth: int, digest: str, published: float) -> tuple[Checkpoint, ...]:
-    return (
-        Checkpoint(
-            name="cifar10",
-            file=f"resnet{depth}-{digest[:8]}.th",
-            sha256=digest,
-            url=f"{_AKAMASTER}resnet{depth}-{digest[:8]}.th",
-            dense_top1={"cifar10": published},
-            accuracy_source="best_prec1 / README of akamaster/pytorch_resnet_cifar10",
-            recipe=_AKAMASTER_RECIPE,
-        ),
-    )
-
-
-def _resnet20_checkpoints() -> tuple[Checkpoint, ...]:
-    (original,) = _cifar_checkpoints(
-        20, "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8", 91.78
-    )
-    original = replace(original, dense_top1={"cifar10": 91.78, "cifar10-jpeg": 81.03})
-    finetuned = Checkpoint(
-        name="cifar10-jpeg",
-        file="resnet20_cifar10jpeg.pt",
-        sha256="9b4e9a0202765d26c64c775417879c5fad45fdfe343a52d3bd9e4f9e942121ef",
-        url=None,
-        dense_top1={"cifar10-jpeg": 88.44},
-        accuracy_source="shared/README.md (eval: ToTensor + Normalize, full test split)",
-        recipe=(
-            "fine-tuned from resnet20-12fca82f.th on cifar10-jpeg train: 12 epochs, one-cycle "
-            "SGD, lr 0.02, batch 128, random crop + flip"
-        ),
-    )
-    return (finetuned, original)
-
-
-def _resnet32_checkpoints() -> tuple[Checkpoint, ...]:
-    (original,) = _cifar_checkpoints(
-        32, "d509ac1820d7f25398913559d7e81a13229b1e7adc5648e3bfa5e22dc137f850", 92.78
-    )
-    return (replace(original, dense_top1={"cifar10": 92.78, "cifar10-jpeg": 82.56}),)
+__all__ = ["MODELS", "Checkpoint", "ModelEntry", "get_model", "list_models"]
 
 
 def _torchvision_checkpoints(arch: str) -> tuple[Checkpoint, ...]:
@@ -135,97 +45,23 @@ def _torchvision_checkpoints(arch: str) -> tuple[Checkpoint, ...]:
     )
 
 
-def _shared_checkpoint(
-    file: str, digest: str, top1: float, recipe: str, name: str = "cifar10-jpeg"
-) -> Checkpoint:
-    """A checkpoint trained here for cifar10-jpeg (no public URL; lives in REFLOW_HOME/models)."""
-    return Checkpoint(
-        name=name,
-        file=file,
-        sha256=digest,
-        url=None,
-        dense_top1={"cifar10-jpeg": top1},
-        accuracy_source="shared/README.md (eval: ToTensor + Normalize, full test split)",
-        recipe=recipe,
-    )
-
-
-def _registry() -> Registry[ModelEntry]:
-    entries = [
-        ModelEntry("resnet20", "cifar", lambda n: cifar_resnet(20, n), 10, _resnet20_checkpoints()),
-        ModelEntry("resnet32", "cifar", lambda n: cifar_resnet(32, n), 10, _resnet32_checkpoints()),
+for _arch in (
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "mobilenet_v2",
+    "resnext101_64x4d",
+    "regnet_x_32gf",
+):
+    register_model(
         ModelEntry(
-            "resnet44",
-            "cifar",
-            lambda n: cifar_resnet(44, n),
-            10,
-            _cifar_checkpoints(44, "014dd654", 93.10),
-        ),
-        ModelEntry(
-            "resnet56",
-            "cifar",
-            lambda n: cifar_resnet(56, n),
-            10,
-            _cifar_checkpoints(56, "4bfd9763", 93.39),
-        ),
-        ModelEntry(
-            "resnet110",
-            "cifar",
-            lambda n: cifar_resnet(110, n),
-            10,
-            _cifar_checkpoints(110, "1d1ed7c2", 93.68),
-        ),
-        ModelEntry(
-            "resnet20_ln",
-            "cifar",
-            lambda n: cifar_resnet(20, n, norm="layer"),
-            10,
-            (
-                _shared_checkpoint(
-                    "resnet20_ln_cifar10jpeg.pt",
-                    "c27e5571a50cead146cc118493c1cbcbf93ddde2cfb337fc962f7c970e92c3c2",
-                    83.99,
-                    "every BatchNorm2d of resnet20_cifar10jpeg.pt replaced by GroupNorm(1, C) (BN "
-                    "affine copied in), fine-tuned 32 epochs on cifar10-jpeg train: one-cycle SGD "
-                    "nesterov, max lr 0.1, wd 5e-4, batch 128, random crop + flip",
-                ),
-            ),
-        ),
-        ModelEntry(
-            "mobilenet_v1",
-            "cifar",
-            MobileNetV1Cifar,
-            10,
-            (
-                _shared_checkpoint(
-                    "mobilenetv1_cifar10jpeg.pt",
-                    "0b258aaa2fecbee8e7810ad0f7058ea73621dd6362b12290b6e6b7621a6e06bb",
-                    86.45,
-                    "trained from scratch on cifar10-jpeg train: 20 epochs, one-cycle SGD "
-                    "nesterov, max lr 0.1, wd 5e-4, batch 128, random crop + flip",
-                ),
-            ),
-        ),
-    ]
-    for arch in (
-        "resnet50",
-        "resnet101",
-        "resnet152",
-        "mobilenet_v2",
-        "resnext101_64x4d",
-        "regnet_x_32gf",
-    ):
-        build = (lambda a: lambda n: torchvision.models.get_model(a, weights=None, num_classes=n))(
-            arch
+            _arch,
+            "imagenet",
+            lambda n, arch=_arch: torchvision.models.get_model(arch, weights=None, num_classes=n),
+            1000,
+            _torchvision_checkpoints(_arch),
         )
-        entries.append(ModelEntry(arch, "imagenet", build, 1000, _torchvision_checkpoints(arch)))
-    registry: Registry[ModelEntry] = Registry("model")
-    for entry in entries:
-        registry.add(entry.name, entry)
-    return registry
-
-
-MODELS: Registry[ModelEntry] = _registry()
+    )
 
 
 def list_models() -> list[str]:

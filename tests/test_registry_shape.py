@@ -46,3 +46,12 @@ def test_a_composite_repair_passes_its_options_to_its_steps() -> None:
     statcorr = next(s for s in composite.steps if s.name == "statcorr")
     assert statcorr.config.min_std == 0.25
     assert get_repair("reflow+statcorr").steps[1].config == get_repair("statcorr").config
+
+
+def test_models_register_where_they_are_defined() -> None:
+    from reflow.zoo import MODELS
+
+    where = {name: entry.build.__module__ for name, entry in MODELS.items()}
+    assert where["resnet20"] == where["resnet20_ln"] == "reflow.cifar_resnet"
+    assert where["mobilenet_v1"] == "reflow.mobilenet"
+    assert where["resnet50"] == "reflow.zoo"  # torchvision's architectures, registered by the zoo
