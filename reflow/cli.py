@@ -11,21 +11,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from reflow import __version__, baselines
-from reflow.data import DATASETS
+from reflow import __version__
 from reflow.errors import ReflowError
 from reflow.execute import ExecEnv
 from reflow.executors import EXECUTORS, Executor, get_executor
 from reflow.grid import Experiment, Grid, check_seed
 from reflow.masks import Pattern
-from reflow.options import describe_config
 from reflow.paths import check_output
-from reflow.repairs import REPAIRS
 from reflow.results import ResultStore
 from reflow.runner import MAX_ROWS, check_run, run_experiments
 from reflow.settings import Settings, setting_fields
 from reflow.tables import FORMATS, LAYOUTS, table_for
-from reflow.zoo import MODELS
 
 RESUME = "interrupted; finished rows are saved, run the same command to resume"
 
@@ -422,50 +418,9 @@ def _cmd_collapse(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    def options(config: type, name: str) -> None:
-        if args.verbose:
-            for line in describe_config(config):
-                print(f"      --set {name}.{line}")
+    from reflow.listing import registered
 
-    print("methods:")
-    for name in baselines.list_methods():
-        cls = baselines.get_method_class(name)
-        needs = ", ".join(sorted(cls.needs)) or "nothing"
-        extras = "; N:M patterns" if cls.supports_pattern else ""
-        print(
-            f"  {name:<12} {cls.summary}  [needs {needs}; updates weights: "
-            f"{cls.updates_weights}{extras}]"
-        )
-        options(cls.Config, name)
-    print("repairs:")
-    for name, cls in REPAIRS.items():
-        needs = ", ".join(sorted(cls.needs)) or "nothing"
-        print(f"  {name:<16} {cls.summary}  [needs {needs}]")
-        options(cls.Config, name)
-    print("executors:")
-    for name, cls in EXECUTORS.items():
-        extra = f' (pip install -e ".[{cls.extra}]")' if cls.extra else ""
-        print(f"  {name:<10} {cls.summary}{extra}")
-        if args.verbose:
-            for line in describe_config(cls.Config):
-                print(f"      --executor-set {line}")
-    print("models:")
-    for name, entry in MODELS.items():
-        ckpts = ", ".join(f"{c.name} ({c.file})" for c in entry.checkpoints)
-        print(f"  {name:<17} {entry.family:<9} checkpoints: {ckpts}")
-    print("datasets:")
-    for name, entry in DATASETS.items():
-        print(f"  {name:<17} {entry.summary}")
-        if args.verbose:
-            print(f"      normalisation: {entry.normalisation}")
-    print("settings (flags of run and prune; keys of [experiment.settings] in sweep files):")
-    for f in setting_fields():
-        choices = (
-            f" ({', '.join(map(str, f.metadata['choices']))})" if f.metadata["choices"] else ""
-        )
-        print(f"  --{f.name.replace('_', '-'):<21} default {f.default!r}{choices}")
-        if args.verbose:
-            print(f"      {f.metadata['help']}")
+    print("\n".join(registered(args.verbose)))
     return 0
 
 
