@@ -11,13 +11,12 @@ every changed layer's shape so that `load_pruned` rebuilds the smaller network f
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +25,19 @@ from torch import nn
 
 from reflow import baselines
 from reflow.atomic import write_temporary
-from reflow.baselines.base import PruneContext
 from reflow.data import Batch
 from reflow.errors import ReflowError
 from reflow.grid import check_seed
-from reflow.masks import Masks, Pattern, apply_masks, check_sparsity, sparsity_of
+from reflow.harness import Setup, outcome_columns, repair_phase, select_phase
+from reflow.identity import full_config
+from reflow.masks import Masks, Pattern, check_sparsity, sparsity_of
 from reflow.options import non_default
 from reflow.paths import check_output
-from reflow.provenance import git_commit
-from reflow.repairs import RepairContext, get_repair
+from reflow.provenance import device_name, git_commit
+from reflow.repairs import get_repair
+from reflow.settings import Settings
 from reflow.timing import PhaseTimer
-from reflow.zoo import check_finite
+from reflow.zoo import LoadedModel, check_finite
 
 
 @dataclass
@@ -56,17 +57,13 @@ class PruneReport:
     method_options: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     masks: Masks = field(default_factory=dict, repr=False)
+    #: The result row's columns (the format every stored row and `reflow prune`'s card use).
+    row: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def card(self, **extra: Any) -> dict[str, Any]:
-        """A JSON-ready description of the pruned model (``extra`` adds model/data facts)."""
-        facts = {k: v for k, v in asdict(self).items() if k != "masks"}
-        facts["info"] = {k: v for k, v in self.info.items() if isinstance(v, int | float | str)}
-        return {
-            **extra,
-            **facts,
-            "git_commit": git_commit(),
-            "torch": torch.__version__,
-        }
+        """A JSON-ready description of the pruned model: the result row's columns, one format
+        with `reflow prune`'s card and the store (``extra`` adds model/data facts)."""
+        return {**self.row, **extra}
 
 
 def batch_sampler(batches: Sequence[Batch] | None) -> Callable[[int, int], list[Batch]] | None:
@@ -138,7 +135,7 @@ def prune(
     calibration = _batches(calibration, "calibration", labelled=False)
     train = _batches(train, "train", labelled=True)
     check_finite(model.state_dict(), "the model")
-    chosen = baselines.get_method(method, options)
+    chosen = baselines.get_method(method, options)  # the options checked here, once
     fixer = get_repair(repair, repair_options)
     if pattern:
         parsed = Pattern.parse(pattern)
@@ -159,42 +156,43 @@ def prune(
         raise ReflowError(f"method {method} reads layer inputs: pass calibration= batches")
     if "calibration" in fixer.needs and calibration is None:
         raise ReflowError(f"repair {repair} needs calibration= batches (e.g. 50 of 128 images)")
-    device = next(model.parameters()).device
-    dense = model if not inplace else copy.deepcopy(model)
-    work = model if inplace else copy.deepcopy(model)
-    work.eval()
-    timer = PhaseTimer(device)
-    first = (calibration or train or [(torch.zeros(1, 3, 224, 224), None)])[0][0]
-    ctx = PruneContext(
-        generator=torch.Generator().manual_seed(seed),
-        device=device,
+    settings = Settings(
         scope=scope,
-        train_sample=batch_sampler(train),
-        activation_sample=batch_sampler(calibration if calibration is not None else train),
-        pattern=Pattern.parse(pattern) if pattern else None,
-        input_shape=tuple(first.shape[1:]),
-        timer=timer,
+        pattern=pattern,
+        options={method: dict(options or {}), repair: dict(repair_options or {})},
     )
-    torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    first = (calibration or train or [(torch.zeros(1, 3, 224, 224), None)])[0][0]
+    setup = Setup(
+        LoadedModel(model.eval(), None, "module", None),  # type: ignore[arg-type]
+        GivenBatches(calibration, train),  # type: ignore[arg-type]
+        device,
+        shape=tuple(first.shape[1:]),
+    )
+    timer = PhaseTimer(device)
     start = time.perf_counter()
-    with timer.phase("select"):
-        result = chosen.prune(work, sparsity, ctx)
-    if result.model is not None:
-        work = result.model.to(device).eval()
-    else:
-        with timer.phase("apply"):
-            apply_masks(work, result.masks)
+    pruned, result = select_phase(setup, chosen, sparsity, seed, settings, timer)
     with timer.phase("repair"):
-        used = fixer.repair(
-            work,
-            RepairContext(
-                calibration=(lambda: calibration) if calibration is not None else None,
-                dense_model=dense,
-            ),
-        )
+        used = repair_phase(setup, pruned, fixer, seed, settings)
+    if inplace and result.model is None:  # the caller's module takes the pruned state
+        model.load_state_dict(pruned.state_dict())
+        pruned = model
     report = sparsity_of(result.masks)
     timer.seconds["total"] = time.perf_counter() - start
-    return work, PruneReport(
+    row = {
+        "model": type(model).__name__,
+        "method": method,
+        "repair": repair,
+        "sparsity": sparsity,
+        "seed": seed,
+        "scope": scope,
+        "pattern": pattern or None,
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "git_commit": git_commit(),
+        "config": json.dumps(full_config(chosen.config, fixer.config, settings), sort_keys=True),
+    } | outcome_columns(setup, result, None, None, used, timer.seconds)
+    return pruned, PruneReport(
         method=method,
         repair=repair,
         sparsity=sparsity,
@@ -208,7 +206,28 @@ def prune(
         method_options=non_default(chosen.config),
         info=dict(result.info),
         masks=result.masks,
+        row={k: v for k, v in row.items() if k not in {"predictions", "dense_predictions"}},
     )
+
+
+@dataclass
+class GivenBatches:
+    """The caller's batches as the harness's data streams, so `prune` runs the same phases as
+    every sweep row: ``calibration`` is what repairs get (all of it, as given); gradients come
+    from the first n × bs samples of ``train``, layer inputs from those of ``calibration`` (or
+    ``train``)."""
+
+    calibration: list[Batch] | None
+    train: list[Batch] | None
+
+    def train_sample(self, n_batches: int, batch_size: int, seed: int, stream: str) -> list[Batch]:
+        if stream == "calibration":
+            return list(self.calibration or [])
+        source = self.train if stream == "gradients" or self.calibration is None else None
+        sample = batch_sampler(source if source is not None else self.calibration)
+        if sample is None:
+            raise ReflowError(f"no batches were given for the {stream} stream")
+        return sample(n_batches, batch_size)
 
 
 def layer_shapes(model: nn.Module) -> dict[str, dict[str, int]]:

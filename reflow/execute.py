@@ -28,20 +28,20 @@ from reflow.baselines.base import PruneResult
 from reflow.errors import ReflowError
 from reflow.evaluate import Evaluation, variance_ratios
 from reflow.harness import (
-    PHASES,
     Setup,
     dense_evaluation,
     evaluate_phase,
     load_setup,
+    outcome_columns,
     pick_device,
     repair_phase,
     select_phase,
 )
 from reflow.identity import full_config, run_id
-from reflow.masks import Masks, layer_densities, sparsity_of
+from reflow.masks import Masks, layer_densities
 from reflow.norms import norm_layers
 from reflow.plan import RowSpec, SetupKey, Task
-from reflow.provenance import device_name, git_commit, gpu_settings, peak_memory_mb
+from reflow.provenance import device_name, git_commit, gpu_settings
 from reflow.results import KEY
 from reflow.timing import PhaseTimer
 
@@ -211,35 +211,8 @@ def _result_row(
     calib_samples: int,
     timer: PhaseTimer,
 ) -> dict:
-    report = sparsity_of(result.masks)
-    densities = layer_densities(result.masks)
-    info = dict(result.info)
-    row = _provenance(task, spec, setup) | {
-        "sparsity_achieved": report.sparsity,
-        "prunable_params": report.total,
-        "min_layer_density": min(densities.values()),
-        "layers_emptied": sum(d == 0.0 for d in densities.values()),
-        "top1": ev.top1 if ev else None,
-        "top5": ev.top5 if ev else None,
-        "loss": ev.loss if ev else None,
-        "dense_top1": dense.top1 if dense else None,
-        "dense_top5": dense.top5 if dense else None,
-        "recorded_dense_top1": setup.loaded.recorded_top1,
-        "top_class_share": ev.top_class_share if ev else None,
-        "predictions": json.dumps(ev.predictions) if ev else None,
-        "dense_predictions": json.dumps(dense.predictions) if dense else None,
-        "calib_samples": calib_samples,
-        "grad_samples": int(info.pop("grad_samples", 0)),
-        "activation_samples": int(info.pop("activation_samples", 0)),
-        "select_mem_mb": info.pop("select_mem_mb", None),
-        "eval_samples": ev.samples if ev else 0,
-        "peak_mem_mb": peak_memory_mb(setup.device),
-        "error": None,
-    }
-    row |= {f"t_{phase}": timer.seconds.get(phase) for phase in PHASES}
-    row["hamming_vs_mp"] = info.pop("hamming_vs_mp")
-    row |= {f"info_{k}": v for k, v in info.items()}
-    return row
+    outcome = outcome_columns(setup, result, ev, dense, calib_samples, timer.seconds)
+    return _provenance(task, spec, setup) | outcome | {"error": None}
 
 
 def _structure_columns(setup: Setup, model: torch.nn.Module, result: PruneResult) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,9 +31,12 @@ from reflow.evaluate import Evaluation, evaluate
 from reflow.masks import (
     apply_masks,
     hamming_distance,
+    layer_densities,
     prunable_parameters,
+    sparsity_of,
 )
 from reflow.memory import PeakRss
+from reflow.provenance import peak_memory_mb
 from reflow.recalibrate import recalibrate_bn
 from reflow.repairs import Repair, RepairContext, get_repair
 from reflow.settings import Settings
@@ -86,10 +90,19 @@ class Setup:
     dense_evaluations: dict[tuple[int, ...], Evaluation] = field(default_factory=dict)
     #: Recent family searches (see `shared_search`), most recent last.
     searches: OrderedDict[tuple, Search] = field(default_factory=OrderedDict)
+    #: Shape of one input (C, H, W) when no zoo entry gives it (`reflow.prune` on any module).
+    shape: tuple[int, ...] | None = None
 
     @property
     def model(self) -> nn.Module:
         return self.loaded.model
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        if self.shape is not None:
+            return self.shape
+        size = self.loaded.entry.input_size
+        return (3, size, size)
 
 
 def load_setup(
@@ -190,7 +203,7 @@ def prune_context(
             _sampler(setup, seed, "activations") if "activations" in needs else None
         ),
         pattern=settings.parsed_pattern,
-        input_shape=(3, setup.loaded.entry.input_size, setup.loaded.entry.input_size),
+        input_shape=setup.input_shape,
         timer=timer,
     )
 
@@ -379,3 +392,45 @@ def repair_phase(
         progress=progress,
     )
     return repair.repair(model, ctx)
+
+
+def outcome_columns(
+    setup: Setup,
+    result: PruneResult,
+    ev: Evaluation | None,
+    dense: Evaluation | None,
+    calib_samples: int,
+    seconds: dict[str, float],
+) -> dict:
+    """What the phases measured, as result-row columns: every stored row, `reflow prune`'s card
+    and `reflow.prune`'s report carry these same columns (accuracy ones are None when nothing
+    was evaluated)."""
+    report = sparsity_of(result.masks)
+    densities = layer_densities(result.masks)
+    info = dict(result.info)
+    row = {
+        "sparsity_achieved": report.sparsity,
+        "prunable_params": report.total,
+        "structured": result.model is not None,
+        "min_layer_density": min(densities.values()),
+        "layers_emptied": sum(d == 0.0 for d in densities.values()),
+        "top1": ev.top1 if ev else None,
+        "top5": ev.top5 if ev else None,
+        "loss": ev.loss if ev else None,
+        "dense_top1": dense.top1 if dense else None,
+        "dense_top5": dense.top5 if dense else None,
+        "recorded_dense_top1": setup.loaded.recorded_top1,
+        "top_class_share": ev.top_class_share if ev else None,
+        "predictions": json.dumps(ev.predictions) if ev else None,
+        "dense_predictions": json.dumps(dense.predictions) if dense else None,
+        "calib_samples": calib_samples,
+        "grad_samples": int(info.pop("grad_samples", 0)),
+        "activation_samples": int(info.pop("activation_samples", 0)),
+        "select_mem_mb": info.pop("select_mem_mb", None),
+        "eval_samples": ev.samples if ev else 0,
+        "peak_mem_mb": peak_memory_mb(setup.device),
+    }
+    row |= {f"t_{phase}": seconds.get(phase) for phase in PHASES}
+    row["hamming_vs_mp"] = info.pop("hamming_vs_mp", None)
+    row |= {f"info_{k}": v for k, v in info.items()}
+    return row
