@@ -23,10 +23,10 @@ from reflow.options import NoConfig, describe_config, make_config, option
 from reflow.registry import missing_requirements
 from reflow.timing import PhaseTimer
 
-#: What a method may ask the harness for: train data (a seeded sample of the train split),
-#: gradients (it back-propagates through the model), activations (a seeded calibration sample
-#: for capturing layer inputs with forward hooks).
-NEEDS = frozenset({"train_data", "gradients", "activations"})
+#: What a method may ask the harness for: train data (a seeded sample of the train split, for
+#: the gradients it computes itself) and activations (a seeded calibration sample for capturing
+#: layer inputs with forward hooks).
+NEEDS = frozenset({"train_data", "activations"})
 
 __all__ = [
     "NEEDS",

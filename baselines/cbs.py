@@ -209,7 +209,7 @@ def obs_update_through_g(
 
 
 class _Cbs(GradientMatrixMemory, Method):
-    needs = frozenset({"train_data", "gradients"})
+    needs = frozenset({"train_data"})
     selection_family = "cbs"
     Config = CbsConfig
 

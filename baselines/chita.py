@@ -286,7 +286,7 @@ def chita_stage(
 
 
 class _Chita(GradientMatrixMemory, Method):
-    needs = frozenset({"train_data", "gradients"})
+    needs = frozenset({"train_data"})
     selection_family = "chita"
     Config = ChitaConfig
 

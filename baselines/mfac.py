@@ -64,7 +64,7 @@ def step_sparsities(target: float, steps: int, start: float = 0.0) -> list[float
 class Mfac(Method):
     name = "mfac"
     summary = "M-FAC (Frantar et al. 2021): blocked inverse-Fisher OBS, 16 recomputation steps"
-    needs = frozenset({"train_data", "gradients"})
+    needs = frozenset({"train_data"})
     updates_weights = True
     Config = MfacConfig
 

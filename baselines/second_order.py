@@ -113,7 +113,7 @@ def apply_obs_update(
 
 
 class _FisherMethod(Method):
-    needs = frozenset({"train_data", "gradients"})
+    needs = frozenset({"train_data"})
     supports_pattern = True
     Config = FisherConfig
     #: How the mask is chosen: "obs" (statistic) or "magnitude".

@@ -47,7 +47,7 @@ def mean_gradient(
 class Snip(Method):
     name = "snip"
     summary = "SNIP connection sensitivity |dL/dw * w| (Lee et al. 2019), global threshold"
-    needs = frozenset({"train_data", "gradients"})
+    needs = frozenset({"train_data"})
     supports_pattern = True
     Config = SnipConfig
 
