@@ -98,13 +98,19 @@ class TaskClaims:
             self.held.difference_update(tasks)
 
     def _heartbeat(self) -> None:
+        """Renew the leases every third of their life; a busy database is tried again at the
+        next beat (two more before the lease runs out), never the end of the thread."""
         while not self._stop.wait(self.lease / 3):
             with self._lock:
-                if self.held:
+                if not self.held:
+                    continue
+                try:
                     self.db.executemany(
                         "UPDATE claims SET expires = ? WHERE task = ? AND owner = ?",
                         [(time.time() + self.lease, t, self.owner) for t in self.held],
                     )
+                except sqlite3.OperationalError:
+                    continue
 
     def close(self) -> None:
         self._stop.set()
