@@ -252,6 +252,7 @@ def plan(experiments: list[Experiment], finished: set[tuple]) -> Plan:
     result = Plan([])
     planned: set[tuple] = set()
     refs: dict[tuple, CheckpointRef] = {}
+    hashes: dict[tuple, str] = {}
     for experiment in experiments:
         grid = experiment.grid
         for settings in experiment.settings:
@@ -270,7 +271,10 @@ def plan(experiments: list[Experiment], finished: set[tuple]) -> Plan:
                 rows = []
                 for repair in grid.repairs:
                     fixer = configured_repair(repair, settings)
-                    digest = row_config_hash(method, repair, settings)
+                    ident = (method, repair, id(settings))  # the hash ignores sparsity and seed
+                    if ident not in hashes:
+                        hashes[ident] = row_config_hash(method, repair, settings)
+                    digest = hashes[ident]
                     key = row_key(
                         {
                             "model": model,
