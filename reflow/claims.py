@@ -129,15 +129,16 @@ def claimed_tasks(
     pending = family_batches(tasks)
     while pending:
         deferred = []
+        finished = store.finished()  # once a pass: what other drivers finished meanwhile
         for batch in pending:
-            finished = store.finished()
             batch = tuple(t for t in batch if not all(s.key in finished for s in t.rows))
             if not batch:
                 continue
             if claims.claim(task_id(t) for t in batch):
-                finished = store.finished()  # another driver may have finished rows meanwhile
+                # a driver that ended since the pass began may have finished some of these rows
+                done = store.finished_among(s.key for t in batch for s in t.rows)
                 for task in batch:
-                    rows = tuple(s for s in task.rows if s.key not in finished)
+                    rows = tuple(s for s in task.rows if s.key not in done)
                     if rows:
                         yield replace(task, rows=rows)
             else:

@@ -256,6 +256,13 @@ class ResultStore:
         rows = self.db.execute(f"SELECT {', '.join(KEY)} FROM results WHERE error IS NULL")
         return {row_key(dict(zip(KEY, r, strict=True))) for r in rows}
 
+    def finished_among(self, keys: Iterable[tuple]) -> set[tuple]:
+        """Which of ``keys`` finished without error: one lookup per key on the UNIQUE index,
+        where `finished` reads every row of the store."""
+        where = " AND ".join(f"{k} = ?" for k in KEY)
+        sql = f"SELECT 1 FROM results WHERE {where} AND error IS NULL"
+        return {key for key in keys if self.db.execute(sql, key).fetchone() is not None}
+
     def read(self, table: str = "results") -> pd.DataFrame:
         if table not in TABLES:
             raise ReflowError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
