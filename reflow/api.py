@@ -11,7 +11,6 @@ every changed layer's shape so that `load_pruned` rebuilds the smaller network f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -37,7 +36,7 @@ from reflow.provenance import device_name, git_commit
 from reflow.repairs import get_repair
 from reflow.settings import Settings
 from reflow.timing import PhaseTimer
-from reflow.zoo import LoadedModel, check_finite
+from reflow.zoo import LoadedModel, check_finite, sha256_of
 
 
 @dataclass
@@ -127,10 +126,8 @@ def prune(
     ``pattern`` ("2:4", …) constrains score-based methods and fixes the sparsity. Returns the
     pruned model (a copy unless ``inplace``) and a `PruneReport`.
     """
-    if sparsity is not None and (
-        isinstance(sparsity, bool) or not isinstance(sparsity, int | float)
-    ):
-        raise ReflowError(f"sparsity must be a number in [0, 1) (e.g. 0.8), got {sparsity!r}")
+    if sparsity is not None:
+        check_sparsity(sparsity)
     check_seed(seed)
     calibration = _batches(calibration, "calibration", labelled=False)
     train = _batches(train, "train", labelled=True)
@@ -313,7 +310,7 @@ def save_pruned(
                 files["masks"], lambda f: torch.save(saved, f), binary=True
             )
         card["files"] = {k: files[k].name for k in ("state_dict", "card", *temporary)}
-        card["state_dict_sha256"] = _sha256(temporary["state_dict"])
+        card["state_dict_sha256"] = sha256_of(temporary["state_dict"])
         text = json.dumps(card, indent=2, sort_keys=True, default=str)
         temporary["card"] = write_temporary(files["card"], lambda f: f.write(text))
         files["card"].unlink(missing_ok=True)
@@ -324,14 +321,6 @@ def save_pruned(
         for leftover in temporary.values():
             leftover.unlink(missing_ok=True)
     return list(files.values())
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def reshape_like(model: nn.Module, shapes: dict[str, dict[str, int]]) -> nn.Module:
@@ -383,7 +372,7 @@ def load_pruned(path: Path | str, build: Callable[[], nn.Module] | None = None) 
         raise ReflowError(f"no card beside {path} (looked for {card_path})")
     card = json.loads(card_path.read_text())
     expected = card.get("state_dict_sha256")
-    if expected and _sha256(path) != expected:
+    if expected and sha256_of(path) != expected:
         raise ReflowError(
             f"{path} is not the state dict its card {card_path} describes (sha256 differs): the "
             "files come from two different saves; save the model again"

@@ -52,8 +52,6 @@ class Grid:
             if r not in list_repairs():
                 raise unknown_name("repair", r, list_repairs())
         for s in self.sparsities:
-            if isinstance(s, bool) or not isinstance(s, int | float):
-                raise ReflowError(f"sparsity must be a number in [0, 1), got {s!r}")
             check_sparsity(s)
         for seed in self.seeds:
             check_seed(seed)

@@ -52,6 +52,9 @@ def prunable_parameters(model: nn.Module, scope: str = "all") -> dict[str, nn.Pa
 
 
 def check_sparsity(sparsity: float) -> float:
+    """``sparsity`` as a float, or a one-line error for a non-number or a value outside [0, 1)."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, int | float):
+        raise ReflowError(f"sparsity must be a number in [0, 1) (e.g. 0.8), got {sparsity!r}")
     if not 0.0 <= sparsity < 1.0:
         raise ReflowError(
             f"sparsity must be in [0, 1), got {sparsity}; e.g. 0.9 prunes 90% of the weights"

@@ -23,6 +23,7 @@ from reflow.cli import main
 from reflow.data import CIFAR10_CLASSES, _fingerprint, _image_files
 from reflow.errors import ReflowError
 from reflow.results import ResultStore
+from reflow.zoo import sha256_of
 
 FAST = [
     "--dataset",
@@ -182,7 +183,7 @@ def test_prune_writes_all_files_with_the_umask_and_force_replaces(tmp_path, caps
     for f in (target, target.with_suffix(".json"), target.with_suffix(".masks.pt")):
         assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
     card = json.loads(target.with_suffix(".json").read_text())
-    assert card["state_dict_sha256"] == api._sha256(target)
+    assert card["state_dict_sha256"] == sha256_of(target)
     assert main([*PRUNE, "--save", str(target), "--sparsity", "0.6", "--force"]) == 0
     assert json.loads(target.with_suffix(".json").read_text())["sparsity"] == 0.6
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
