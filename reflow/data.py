@@ -206,10 +206,8 @@ def _require_dir(path: Path, how_to_get: str) -> Path:
 
 def _cifar10_jpeg(root: Path, input_size: int) -> ImageData:
     base = root / "cifar10-jpeg"
-    _check_cifar10_jpeg(root)
     splits = {}
-    for split in ("train", "test"):
-        files, labels, _ = _image_files(base / split)
+    for split, (files, labels) in _cifar10_jpeg_files(root).items():
         key = f"cifar10-jpeg-{split}-{_fingerprint(files)}"
         tensors = cached_tensors(
             key, lambda f=files, y=labels, s=split: _decode_folder(f, y, f"decode {s}")
@@ -314,17 +312,23 @@ class DatasetEntry:
     normalisation: str = ""
 
 
-def _check_cifar10_jpeg(root: Path) -> dict[str, int]:
-    sizes = {}
+def _cifar10_jpeg_files(root: Path) -> dict[str, tuple[list[Path], list[int]]]:
+    """Each split's image files and labels, checked (folders present, the ten CIFAR-10 classes,
+    none empty): what planning checks and what loading decodes, listed once per call."""
+    splits = {}
     for split in ("train", "test"):
-        files, _, classes = _image_files(_require_dir(root / "cifar10-jpeg" / split, _HOW))
+        files, labels, classes = _image_files(_require_dir(root / "cifar10-jpeg" / split, _HOW))
         if tuple(classes) != CIFAR10_CLASSES:
             raise ReflowError(
                 f"{root / 'cifar10-jpeg' / split} has classes {classes}, expected "
                 f"{list(CIFAR10_CLASSES)}"
             )
-        sizes[split] = len(files)
-    return sizes
+        splits[split] = (files, labels)
+    return splits
+
+
+def _check_cifar10_jpeg(root: Path) -> dict[str, int]:
+    return {split: len(files) for split, (files, _) in _cifar10_jpeg_files(root).items()}
 
 
 def _check_imagenet(root: Path) -> None:
