@@ -39,22 +39,21 @@ def option(
     return field(default=default, metadata=metadata)
 
 
-def check(config: Any, owner: str = "") -> None:
+def check(config: Any) -> None:
     """Enforce every field's declared type, choices and bounds: a config of the wrong type (a
-    string where a number belongs, a float seed) or out of range is one clear line."""
-    prefix = f"{owner}." if owner else ""
+    string where a number belongs, a float seed) or out of range is one clear line
+    (`make_config` puts the owner's name in front)."""
     for f in dataclasses.fields(config):
         value, meta = getattr(config, f.name), _declared(type(config), f)
         if "help" not in meta:
             continue
         if not _same_kind(value, f.default):
             raise ReflowError(
-                f"{prefix}{f.name} takes {_kind(f.default)}, got {value!r} ({type(value).__name__})"
+                f"{f.name} takes {_kind(f.default)}, got {value!r} ({type(value).__name__})"
             )
         if meta.get("choices") and value not in meta["choices"]:
             raise ReflowError(
-                f"{prefix}{f.name} must be one of {', '.join(map(str, meta['choices']))}, got "
-                f"{value!r}"
+                f"{f.name} must be one of {', '.join(map(str, meta['choices']))}, got {value!r}"
             )
         low, high = meta.get("minimum"), meta.get("maximum")
         if (low is not None and value < low) or (high is not None and value > high):
@@ -66,7 +65,7 @@ def check(config: Any, owner: str = "") -> None:
                 )
                 if b
             )
-            raise ReflowError(f"{prefix}{f.name} must be {bounds}, got {value!r}")
+            raise ReflowError(f"{f.name} must be {bounds}, got {value!r}")
 
 
 def _declared(cls: type, f: dataclasses.Field) -> dict[str, Any]:

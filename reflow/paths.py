@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from reflow.errors import ReflowError
+
 _CHECKOUT = Path(__file__).resolve().parent.parent
 
 
@@ -48,8 +50,6 @@ def check_output(path: Path, flag: str, folder: bool = False) -> Path:
     """Raise a one-line error, before any work, when ``path`` cannot be written as a file (or,
     with ``folder``, as a folder): it is the other kind of thing, or one of its parents is a
     file. Returns the path."""
-    from reflow.errors import ReflowError
-
     path = Path(path)
     if folder and path.exists() and not path.is_dir():
         raise ReflowError(f"{flag} {path} is a file; pass a folder")

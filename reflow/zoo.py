@@ -232,10 +232,6 @@ class CheckpointRef:
     zoo_name: str | None = None
     recorded_top1: float | None = None
 
-    @property
-    def is_file(self) -> bool:
-        return self.zoo_name is None and self.path is not None
-
 
 def _looks_like_path(text: str) -> bool:
     return any(sep in text for sep in "/\\") or Path(text).suffix in {".pt", ".th", ".pth"}
@@ -317,14 +313,13 @@ def load_checkpoint(ref: CheckpointRef) -> tuple[Path, dict[str, torch.Tensor]]:
         ckpt = get_entry(ref.model).checkpoint(ref.zoo_name)
         path = Path(ref.path) if ref.path else locate_checkpoint(ckpt)
         pinned = pinned_digest(path, ckpt)
-        if len(ckpt.sha256) == 64 or sha256_of(path) == pinned:
-            verify_checksum(path, pinned)
-        else:
+        if len(ckpt.sha256) < 64 and sha256_of(path) != pinned:
             raise ReflowError(
                 f"checkpoint {path} changed since its first verified use (sha256 "
                 f"{sha256_of(path)[:16]}, pinned {pinned[:16]} in {path.name}.sha256); delete "
                 "both files so it is fetched and verified again"
             )
+        verify_checksum(path, pinned)
     else:
         path = Path(ref.path or "")
         if not path.is_file():

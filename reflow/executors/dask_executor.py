@@ -144,9 +144,6 @@ class DaskExecutor(Executor):
                 "--scheduler for a local cluster"
             ) from None
 
-    def _thread_env(self) -> dict[str, str]:
-        return thread_env(self.config.threads)
-
     def _local_cluster(self):
         from distributed import Nanny, Scheduler, SpecCluster
         from distributed.security import Security
@@ -157,7 +154,7 @@ class DaskExecutor(Executor):
         count = len(gpus) or self.config.workers
         workers = {}
         for i in range(count):
-            env = self._thread_env()
+            env = thread_env(self.config.threads)
             env["CUDA_VISIBLE_DEVICES"] = (
                 gpus[i] if gpus else os.environ.get("CUDA_VISIBLE_DEVICES", "")
             )
