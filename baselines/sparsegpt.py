@@ -33,14 +33,13 @@ def sparsegpt_rows(
     prune_count: int,
     damp: float = 0.01,
     blocksize: int = 128,
-    mask: torch.Tensor | None = None,
     pattern: Pattern | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """SparseGPT on rows (groups, R, d) with H (groups, d, d); returns (new rows, keep, loss).
 
-    ``mask`` (True = prune) fixes the pruned set instead of choosing it per block; a ``pattern``
-    chooses it per group of M columns as the reference's prunen/prunem mode (the M − N lowest
-    w²/U_ii² of each row's group, chosen when the group's first column is reached).
+    A ``pattern`` chooses the pruned set per group of M columns as the reference's
+    prunen/prunem mode (the M − N lowest w²/U_ii² of each row's group, chosen when the group's
+    first column is reached).
     """
     w = rows.double().clone()
     h = hessian.double().clone()
@@ -61,9 +60,7 @@ def sparsegpt_rows(
         u = upper[..., i1:i2, i1:i2]
         quantised = torch.zeros_like(block)
         errors = torch.zeros_like(block)
-        if mask is not None:
-            block_mask = mask[..., i1:i2]
-        elif pattern is not None:
+        if pattern is not None:
             block_mask = torch.zeros_like(block, dtype=torch.bool)
         else:
             target = round(prune_count * i2 / d) - done

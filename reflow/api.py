@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from reflow.errors import ReflowError
 from reflow.grid import check_seed
 from reflow.harness import Setup, outcome_columns, repair_phase, select_phase
 from reflow.identity import full_config
-from reflow.masks import Masks, Pattern, check_sparsity, sparsity_of
+from reflow.masks import Masks, Pattern, check_sparsity
 from reflow.options import non_default
 from reflow.paths import check_output
 from reflow.provenance import device_name, git_commit
@@ -41,23 +40,31 @@ from reflow.zoo import LoadedModel, check_finite, sha256_of
 
 @dataclass
 class PruneReport:
-    """What `prune` did: the facts a card or a log needs (masks kept for saving)."""
+    """What `prune` did: its result row (the one format of every stored row and `reflow prune`'s
+    card), the method's raw facts and the masks kept for saving; the fields read the row."""
 
-    method: str
-    repair: str
-    sparsity: float
-    sparsity_achieved: float
-    prunable_params: int
-    scope: str
-    pattern: str
-    structured: bool
-    calibration_samples: int
-    seconds: dict[str, float]
-    method_options: dict[str, Any] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
-    masks: Masks = field(default_factory=dict, repr=False)
     #: The result row's columns (the format every stored row and `reflow prune`'s card use).
-    row: dict[str, Any] = field(default_factory=dict, repr=False)
+    row: dict[str, Any] = field(repr=False)
+    masks: Masks = field(default_factory=dict, repr=False)
+    #: Options the caller chose that differ from the method's defaults.
+    method_options: dict[str, Any] = field(default_factory=dict)
+    #: What the method measured, as it gave it (the row has these as ``info_*`` columns).
+    info: dict[str, Any] = field(default_factory=dict)
+
+    method = property(lambda self: self.row["method"])
+    repair = property(lambda self: self.row["repair"])
+    sparsity = property(lambda self: self.row["sparsity"])
+    sparsity_achieved = property(lambda self: self.row["sparsity_achieved"])
+    prunable_params = property(lambda self: self.row["prunable_params"])
+    scope = property(lambda self: self.row["scope"])
+    pattern = property(lambda self: self.row["pattern"] or "")
+    structured = property(lambda self: self.row["structured"])
+    calibration_samples = property(lambda self: self.row["calib_samples"])
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Seconds per phase that ran (the row's ``t_*`` columns)."""
+        return {k[2:]: v for k, v in self.row.items() if k.startswith("t_") and v is not None}
 
     def card(self, **extra: Any) -> dict[str, Any]:
         """A JSON-ready description of the pruned model: the result row's columns, one format
@@ -167,15 +174,12 @@ def prune(
         shape=tuple(first.shape[1:]),
     )
     timer = PhaseTimer(device)
-    start = time.perf_counter()
     pruned, result = select_phase(setup, chosen, sparsity, seed, settings, timer)
     with timer.phase("repair"):
         used = repair_phase(setup, pruned, fixer, seed, settings)
     if inplace and result.model is None:  # the caller's module takes the pruned state
         model.load_state_dict(pruned.state_dict())
         pruned = model
-    report = sparsity_of(result.masks)
-    timer.seconds["total"] = time.perf_counter() - start
     row = {
         "model": type(model).__name__,
         "method": method,
@@ -187,24 +191,11 @@ def prune(
         "device": device_name(device),
         "torch": torch.__version__,
         "git_commit": git_commit(),
+        "dataset": "given",
         "config": json.dumps(full_config(chosen.config, fixer.config, settings), sort_keys=True),
     } | outcome_columns(setup, result, None, None, used, timer.seconds)
-    return pruned, PruneReport(
-        method=method,
-        repair=repair,
-        sparsity=sparsity,
-        sparsity_achieved=report.sparsity,
-        prunable_params=report.total,
-        scope=scope,
-        pattern=pattern,
-        structured=result.model is not None,
-        calibration_samples=used,
-        seconds=dict(timer.seconds),
-        method_options=non_default(chosen.config),
-        info=dict(result.info),
-        masks=result.masks,
-        row={k: v for k, v in row.items() if k not in {"predictions", "dense_predictions"}},
-    )
+    del row["predictions"], row["dense_predictions"]
+    return pruned, PruneReport(row, result.masks, non_default(chosen.config), dict(result.info))
 
 
 @dataclass

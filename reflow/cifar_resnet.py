@@ -149,6 +149,7 @@ for _depth, _checkpoints in (
             lambda n, depth=_depth: cifar_resnet(depth, n),
             10,
             _checkpoints,
+            summary=f"CIFAR ResNet-{_depth} (He et al. 2016, option A shortcuts), BatchNorm",
         )
     )
 register_model(
@@ -167,5 +168,7 @@ register_model(
                 "nesterov, max lr 0.1, wd 5e-4, batch 128, random crop + flip",
             ),
         ),
+        summary="CIFAR ResNet-20 with GroupNorm(1, C) (LayerNorm) for BatchNorm: no running "
+        "statistics, so REFLOW has nothing to re-estimate",
     )
 )

@@ -307,6 +307,10 @@ class DatasetEntry:
     #: Raises a one-line error if the data is not usable under a root; returns the split sizes
     #: where they are known without decoding (None: unknown).
     check: Callable[[Path], dict[str, int] | None]
+    #: Classes and image side the data comes with (None: follows the model, as ImageNet's
+    #: resize-and-crop and synthetic's draws do); a model that differs is refused at planning.
+    num_classes: int | None
+    input_size: int | None
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     normalisation: str = ""
@@ -350,6 +354,8 @@ for _entry in (
         "CIFAR-10 (torchvision's download; 50,000 train / 10,000 test, 32x32)",
         _cifar10,
         lambda root: {"train": 50000, "test": 10000},
+        num_classes=10,
+        input_size=32,
         normalisation=_CHECKPOINT_NORMALISATION,
     ),
     DatasetEntry(
@@ -357,6 +363,8 @@ for _entry in (
         "CIFAR-10 as JPEG files in ImageFolder layout (REFLOW_HOME/data/cifar10-jpeg)",
         _cifar10_jpeg,
         _check_cifar10_jpeg,
+        num_classes=10,
+        input_size=32,
         normalisation=_CHECKPOINT_NORMALISATION,
     ),
     DatasetEntry(
@@ -364,6 +372,8 @@ for _entry in (
         "ImageNet-1k in ImageFolder layout (train/, val/), resized 256, centre crop",
         _imagenet,
         _check_imagenet,
+        num_classes=1000,
+        input_size=None,
         normalisation="ImageNet's mean and std (torchvision's weights)",
     ),
     DatasetEntry(
@@ -371,6 +381,8 @@ for _entry in (
         "random standard-normal images with random labels (shapes for timing, no meaning)",
         _synthetic,
         lambda root: {"train": 6400, "test": 1000},
+        num_classes=None,
+        input_size=None,
         normalisation="none: the images are drawn already standardised",
     ),
 ):

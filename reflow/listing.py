@@ -37,11 +37,18 @@ def registered(verbose: bool = False) -> list[str]:
     lines.append("models:")
     for name, entry in MODELS.items():
         ckpts = ", ".join(f"{c.name} ({c.file})" for c in entry.checkpoints)
-        lines.append(f"  {name:<17} {entry.family:<9} checkpoints: {ckpts}")
+        lines.append(f"  {name:<17} {entry.summary}")
+        lines.append(
+            f"      {entry.num_classes} classes, {entry.input_size}x{entry.input_size} input;"
+            f" checkpoints: {ckpts}"
+        )
     lines.append("datasets:")
     for name, entry in DATASETS.items():
         lines.append(f"  {name:<17} {entry.summary}")
         if verbose:
+            size = f"{entry.input_size}x{entry.input_size}" if entry.input_size else "the model's"
+            classes = entry.num_classes or "the model's"
+            lines.append(f"      {classes} classes, {size} images")
             lines.append(f"      normalisation: {entry.normalisation}")
     lines.append("settings (flags of run and prune; keys of [experiment.settings] in sweep files):")
     for f in setting_fields():

@@ -78,5 +78,6 @@ register_model(
                 "nesterov, max lr 0.1, wd 5e-4, batch 128, random crop + flip",
             ),
         ),
+        summary="MobileNetV1 for 32x32 images (depthwise-separable, BatchNorm)",
     )
 )

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from reflow.errors import unknown_name
 from reflow.registry import Registry
+
+if TYPE_CHECKING:
+    from reflow.data import DatasetEntry
 
 _AKAMASTER = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/"
 _AKAMASTER_RECIPE = (
@@ -40,16 +44,35 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """A registered architecture: the registry shape of methods and repairs (name, summary,
+    ``applies_to``) for an entry object, plus its builder and published checkpoints."""
+
     name: str
     family: str  # "cifar" or "imagenet"
     build: Callable[[int], nn.Module]
     num_classes: int
     checkpoints: tuple[Checkpoint, ...] = field(default_factory=tuple)
+    summary: str = ""
 
     @property
     def input_size(self) -> int:
         """Side of the square input images the architecture expects."""
         return 32 if self.family == "cifar" else 224
+
+    def applies_to(self, dataset: DatasetEntry) -> str | None:
+        """Why this model cannot be evaluated on ``dataset`` (None: it can): a head with another
+        number of classes, or images of another size, would give a meaningless top-1."""
+        if dataset.num_classes is not None and dataset.num_classes != self.num_classes:
+            return (
+                f"{self.name} has {self.num_classes} outputs but {dataset.name} has "
+                f"{dataset.num_classes} classes; choose a {dataset.name} model (reflow list)"
+            )
+        if dataset.input_size is not None and dataset.input_size != self.input_size:
+            return (
+                f"{self.name} expects {self.input_size}x{self.input_size} images but {dataset.name}"
+                f" has {dataset.input_size}x{dataset.input_size}; choose a model for its size"
+            )
+        return None
 
     def checkpoint(self, name: str) -> Checkpoint:
         for ckpt in self.checkpoints:

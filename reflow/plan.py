@@ -22,7 +22,7 @@ from torch import nn
 
 from reflow import baselines
 from reflow.baselines.base import Method
-from reflow.data import check_dataset
+from reflow.data import DATASETS, check_dataset
 from reflow.errors import ReflowError
 from reflow.grid import Experiment, Grid
 from reflow.identity import config_hash, identity
@@ -115,6 +115,10 @@ def validate(
     for experiment in experiments:
         grid = experiment.grid
         grid.validate()
+        for model, dataset in itertools.product(grid.models, grid.datasets):
+            reason = get_entry(model).applies_to(DATASETS.get(dataset))
+            if reason:
+                raise ReflowError(reason)
         for settings in experiment.settings:
             _check_options(experiment.name, grid, settings)
             pattern = settings.parsed_pattern

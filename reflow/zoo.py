@@ -60,6 +60,7 @@ for _arch in (
             lambda n, arch=_arch: torchvision.models.get_model(arch, weights=None, num_classes=n),
             1000,
             _torchvision_checkpoints(_arch),
+            summary=f"torchvision {_arch} (ImageNet-1k, 224x224)",
         )
     )
 

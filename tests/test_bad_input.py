@@ -331,6 +331,23 @@ def test_bad_devices(tmp_path, capsys) -> None:
 
 
 @pytest.mark.parametrize(
+    ("model", "dataset", "match"),
+    [
+        ("resnet50", "cifar10-jpeg", "resnet50 has 1000 outputs but cifar10-jpeg has 10 classes"),
+        ("resnet20", "imagenet", "resnet20 has 10 outputs but imagenet has 1000 classes"),
+    ],
+)
+def test_a_model_for_other_data_is_refused_at_planning(
+    tmp_path, capsys, model, dataset, match
+) -> None:
+    """A head with another number of classes would give a top-1 near 0 with exit status 0."""
+    argv = ["run", "--model", model, *FAST[:-3], "--no-progress", "--out", str(tmp_path / "o")]
+    argv[argv.index("synthetic")] = dataset
+    one_line_error(capsys, [*argv, "--checkpoint", "none", "--device", "cpu"], match)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
     ("body", "match"),
     [
         ('sparsities = ["abc"]', "sparsity must be a number"),

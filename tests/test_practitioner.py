@@ -290,8 +290,9 @@ def test_prune_saves_the_row_reflow_run_stores(tmp_path, capsys) -> None:
         assert card[key] == row[key], key
     assert card["sparsity_achieved"] == row["sparsity_achieved"]
     assert card["calib_samples"] == row["calib_samples"] == 32
-    # reflow.prune on any module reports the same columns (one format, no key of its own)
+    # reflow.prune on any module reports the same columns; no row key: its data are the caller's
     _, report = reflow.prune(cifar_resnet(20).eval(), 0.7, calibration=_images(n=2))
     api_card = report.card()
     assert set(api_card) <= set(row) | {"layer_shapes"}, set(api_card) - set(row)
     assert api_card["calib_samples"] == 32 and api_card["top1"] is None
+    assert report.seconds["select"] > 0 and report.calibration_samples == 32
