@@ -21,7 +21,7 @@ from reflow.paths import check_output
 from reflow.results import ResultStore
 from reflow.runner import MAX_ROWS, check_run, run_experiments
 from reflow.settings import Settings, setting_fields
-from reflow.tables import FORMATS, LAYOUTS, table_for
+from reflow.tables import FORMATS, LAYOUTS, STATS, table_for
 
 RESUME = "interrupted; finished rows are saved, run the same command to resume"
 
@@ -359,7 +359,8 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
-    frame = ResultStore(args.folder, readonly=True).read()
+    store = ResultStore(args.folder, readonly=True)
+    frame = store.read()
     metrics = sorted(
         c
         for c in frame.columns
@@ -377,6 +378,8 @@ def _cmd_table(args: argparse.Namespace) -> int:
         metric=args.metric,
         digits=args.digits,
         by_repair=args.by_repair,
+        outcomes=store.outcomes(),
+        stat=args.stat,
         model=args.model,
         dataset=args.dataset,
         checkpoint=args.checkpoint,
@@ -414,6 +417,24 @@ def _cmd_collapse(args: argparse.Namespace) -> int:
     if args.verbose:
         print()
         print(density.to_frame("density").to_markdown(floatfmt=".4f"))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from reflow.tables import comparison_lines
+
+    store = ResultStore(args.folder, readonly=True)
+    lines = comparison_lines(
+        store.read(),
+        store.outcomes(),
+        args.a,
+        args.b,
+        args.sparsity,
+        model=args.model,
+        dataset=args.dataset,
+        checkpoint=args.checkpoint,
+    )
+    print("\n".join(lines))
     return 0
 
 
@@ -517,10 +538,14 @@ def build_parser() -> argparse.ArgumentParser:
         "table",
         help="Table 1 layout: sparsity rows × method columns, best in bold",
         description="Tabulate a results folder: one table per model, checkpoint and dataset "
-        "(per repair with --by-repair), mean ± std over seeds, best cell in bold. Rows of "
-        "different configurations are never averaged together.",
+        "(per repair with --by-repair), mean ± std over seeds (n), or each cell's 95%% interval "
+        "(--stat ci: a two-level bootstrap over seeds and test examples). Bold marks the best "
+        "cell of each row and every cell not significantly worse than it (exact McNemar on the "
+        "stored per-example outcomes, paired by seed, Holm-corrected across the table). Rows "
+        "of different configurations are never averaged together.",
         epilog="examples:\n"
         "  reflow table runs/table1\n"
+        "  reflow table runs/table1 --stat ci\n"
         "  reflow table runs/table1 --layout paper --format latex > table1.tex\n"
         "  reflow table runs/paper --model mobilenet_v1 --by-repair --metric top5\n"
         "  reflow table runs/paper --method mp,chita_u --repair none,reflow --format csv",
@@ -536,6 +561,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--metric", default="top1", help="column to tabulate (top1, top5, loss, ...)")
     p.add_argument("--digits", type=int, default=2, help="decimals shown")
+    p.add_argument(
+        "--stat",
+        default="std",
+        choices=list(STATS),
+        help="; ".join(f"{k}: {v}" for k, v in STATS.items()),
+    )
     p.add_argument(
         "--by-repair", action="store_true", help="one table per repair, methods as columns"
     )
@@ -557,6 +588,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_csv(int), default=None, help="comma list (default: all)")
     p.add_argument("--verbose", "-v", action="store_true", help="print every layer's density")
     p.set_defaults(func=_cmd_collapse)
+
+    p = sub.add_parser(
+        "compare",
+        help="paired difference of two columns per sparsity, with interval and p-value",
+        description="Compare two method+repair columns of a results folder on the same test "
+        "examples: per sparsity, the mean top-1 difference A - B with its 95%% interval (two-"
+        "level bootstrap: seeds, then test examples, paired), and the exact McNemar test on "
+        "discordant examples summed over common seeds, Holm-corrected across the sparsities. "
+        "Columns are labelled as `reflow table` labels them (method, or method+repair).",
+        epilog="examples:\n"
+        "  reflow compare runs/table1 mp+reflow chita_u\n"
+        "  reflow compare runs/table1 mp+reflow mp+statcorr --sparsity 0.8,0.9",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("folder", type=Path, help="results folder written by `reflow run`")
+    p.add_argument("a", help="first column, e.g. mp+reflow")
+    p.add_argument("b", help="second column, e.g. chita_u (repair none)")
+    p.add_argument("--sparsity", type=_csv(float), default=None, help="comma list (default: all)")
+    p.add_argument("--model", default=None, help="only rows of this model (default: all)")
+    p.add_argument("--dataset", default=None, help="only rows of this dataset (default: all)")
+    p.add_argument("--checkpoint", default=None, help="only rows of this checkpoint")
+    p.set_defaults(func=_cmd_compare)
 
     from reflow.plots import FIGURES
 

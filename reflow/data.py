@@ -99,10 +99,14 @@ class ImageData:
     num_classes: int
     root: Path | None
 
+    def test_order(self) -> torch.Tensor:
+        """The fixed shuffled order the test split is evaluated in, so any prefix mixes the
+        classes (its identity is stored with each row's per-example outcomes)."""
+        return torch.randperm(len(self.test), generator=torch.Generator().manual_seed(0))
+
     def test_batches(self, batch_size: int = 500) -> Iterator[Batch]:
-        """The whole test split in a fixed shuffled order, so any prefix mixes the classes."""
-        order = torch.randperm(len(self.test), generator=torch.Generator().manual_seed(0))
-        return self.test.batches(order, batch_size)
+        """The whole test split in `test_order`."""
+        return self.test.batches(self.test_order(), batch_size)
 
     def train_sample(self, n_batches: int, batch_size: int, seed: int, stream: str) -> list[Batch]:
         """``n_batches`` batches drawn without replacement from the train split.

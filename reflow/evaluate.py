@@ -31,6 +31,9 @@ class Evaluation:
     predictions: list[int]
     #: Output variance over all elements, per normalisation layer name.
     norm_variance: dict[str, float]
+    #: Per example, in evaluation order: the predicted class and the true label (CPU, int64).
+    predicted: torch.Tensor
+    labels: torch.Tensor
 
     @property
     def top_class_share(self) -> float:
@@ -98,8 +101,8 @@ def evaluate(
     model.eval()
     correct1 = correct5 = samples = 0
     loss_sum = 0.0
-    predictions = torch.zeros(num_classes, dtype=torch.int64)
     topk = min(5, num_classes)
+    predicted, labels = [], []
     with ExitStack() as probing:
         accumulators = probing.enter_context(variance_probe(model)) if probe_samples != 0 else {}
         for x, y in tqdm(batches, desc="evaluate", leave=False, disable=not progress):
@@ -111,15 +114,19 @@ def evaluate(
             top = logits.topk(topk, dim=1).indices
             correct1 += int((top[:, 0] == y).sum())
             correct5 += int((top == y[:, None]).any(dim=1).sum())
-            predictions += torch.bincount(top[:, 0].cpu(), minlength=num_classes)
+            predicted.append(top[:, 0].cpu())
+            labels.append(y.cpu())
             samples += len(y)
+    predicted_all = torch.cat(predicted) if predicted else torch.zeros(0, dtype=torch.int64)
     return Evaluation(
         top1=100.0 * correct1 / samples,
         top5=100.0 * correct5 / samples if num_classes > 5 else None,
         loss=loss_sum / samples,
         samples=samples,
-        predictions=predictions.tolist(),
+        predictions=torch.bincount(predicted_all, minlength=num_classes).tolist(),
         norm_variance={n: a.variance for n, a in accumulators.items()},
+        predicted=predicted_all,
+        labels=torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64),
     )
 
 

@@ -40,6 +40,7 @@ from reflow.harness import (
 from reflow.identity import full_config, run_id
 from reflow.masks import Masks, layer_densities
 from reflow.norms import norm_layers
+from reflow.outcomes import Outcomes, order_identity
 from reflow.plan import RowSpec, SetupKey, Task
 from reflow.provenance import device_name, git_commit, gpu_settings
 from reflow.results import KEY
@@ -68,6 +69,8 @@ class RowResult:
     row: dict
     probes: list[dict] = field(default_factory=list)
     layers: list[dict] = field(default_factory=list)
+    #: Every evaluated example's predicted class and label (None: nothing was evaluated).
+    outcomes: Outcomes | None = None
 
 
 #: This process's set-ups, most recently used last; a few are kept (a model with its dense
@@ -162,10 +165,17 @@ def execute(
         row = _result_row(task, spec, setup, result, ev, dense, calib, timer)
         row |= _structure_columns(setup, model, result)
         probes = _probe_rows(ev, dense, model) if ev is not None and dense is not None else []
-        rows.append(RowResult(row, probes, _layer_rows(result)))
+        rows.append(RowResult(row, probes, _layer_rows(result), _outcomes(setup, ev)))
         if keep is not None:
             keep(model, result.masks)
     return rows
+
+
+def _outcomes(setup: Setup, ev: Evaluation | None) -> Outcomes | None:
+    if ev is None:
+        return None
+    order = order_identity(setup.data.name, setup.data.test_order()[: ev.samples])
+    return Outcomes.of(order, ev.labels, ev.predicted)
 
 
 def _free_cuda(setup: Setup | None) -> None:

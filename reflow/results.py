@@ -26,6 +26,7 @@ import pandas as pd
 
 from reflow.atomic import atomic_write
 from reflow.errors import ReflowError
+from reflow.outcomes import Outcomes
 
 KEY = ("model", "checkpoint", "dataset", "method", "repair", "sparsity", "seed", "config_hash")
 TABLES = ("results", "probes", "layers")
@@ -170,6 +171,10 @@ class ResultStore:
             "CREATE TABLE IF NOT EXISTS layers (run_id TEXT NOT NULL)",
             "CREATE INDEX IF NOT EXISTS probes_run ON probes (run_id)",
             "CREATE INDEX IF NOT EXISTS layers_run ON layers (run_id)",
+            "CREATE TABLE IF NOT EXISTS outcomes (run_id TEXT PRIMARY KEY, "
+            "eval_order TEXT NOT NULL, predicted BLOB NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS eval_orders (eval_order TEXT PRIMARY KEY, "
+            "labels BLOB NOT NULL)",
             "CREATE TABLE IF NOT EXISTS claims (task TEXT PRIMARY KEY, owner TEXT NOT NULL, "
             "host TEXT NOT NULL, pid INTEGER NOT NULL, expires REAL NOT NULL)",
         ]
@@ -212,9 +217,11 @@ class ResultStore:
         row: Mapping[str, Any],
         probes: Iterable[Mapping[str, Any]] = (),
         layers: Iterable[Mapping[str, Any]] = (),
+        outcomes: Outcomes | None = None,
     ) -> None:
-        """Commit one result row with its probe and layer rows, replacing an earlier attempt
-        (an errored row) of the same key: all in one transaction."""
+        """Commit one result row with its probe and layer rows and its per-example outcomes,
+        replacing an earlier attempt (an errored row) of the same key: all in one
+        transaction."""
         self._refuse_readonly()
         run_id = str(row["run_id"])
         results = [{k: _plain(v) for k, v in row.items()}]
@@ -229,10 +236,19 @@ class ResultStore:
                 f"SELECT run_id FROM results WHERE {' AND '.join(f'{k} = ?' for k in KEY)}", key
             ).fetchall()
             for (old_id,) in [*old, (run_id,)]:
-                for table in ("probes", "layers", "results"):
+                for table in ("probes", "layers", "outcomes", "results"):
                     self.db.execute(f"DELETE FROM {table} WHERE run_id = ?", (old_id,))
             for table, rows in (("results", results), *aux.items()):
                 self._insert(table, rows)
+            if outcomes is not None:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO eval_orders VALUES (?, ?)",
+                    (outcomes.eval_order, outcomes.labels),
+                )
+                self.db.execute(
+                    "INSERT INTO outcomes VALUES (?, ?, ?)",
+                    (run_id, outcomes.eval_order, outcomes.predicted),
+                )
 
     def _refuse_readonly(self) -> None:
         if self.readonly:
@@ -278,6 +294,27 @@ class ResultStore:
         if table == "results" and "error" in frame:
             frame["error"] = frame["error"].astype(object).where(frame["error"].notna(), None)
         return frame
+
+    def outcomes(self, run_ids: Iterable[str] | None = None) -> dict[str, Outcomes]:
+        """Per-example outcomes by run id (all rows that have them when ``run_ids`` is None).
+        A store written before outcomes were kept has none: an empty mapping, not an error."""
+        if not self._has_table("outcomes"):
+            return {}
+        sql = (
+            "SELECT o.run_id, o.eval_order, e.labels, o.predicted FROM outcomes o "
+            "JOIN eval_orders e ON o.eval_order = e.eval_order"
+        )
+        rows = self.db.execute(sql).fetchall()
+        wanted = None if run_ids is None else set(map(str, run_ids))
+        return {
+            rid: Outcomes(order, labels, predicted)
+            for rid, order, labels, predicted in rows
+            if wanted is None or rid in wanted
+        }
+
+    def _has_table(self, table: str) -> bool:
+        sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+        return self.db.execute(sql, (table,)).fetchone() is not None
 
     def count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM results").fetchone()[0])

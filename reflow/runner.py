@@ -81,7 +81,7 @@ def run_experiments(
             held = f"; {waiting[0]} tasks held by other drivers" if waiting[0] else ""
             bar.set_postfix_str(task.label + held)
             for result in rows:
-                store.add(result.row, result.probes, result.layers)
+                store.add(result.row, result.probes, result.layers, result.outcomes)
                 counts["ran"] += 1
                 counts["errors"] += result.row.get("error") is not None
                 bar.update(1)

@@ -1,13 +1,23 @@
-"""Paper tables from the results table alone: Table 1 layout (sparsity rows × method columns,
-best per row in bold) as Markdown or LaTeX, with mean ± std where several seeds exist."""
+"""Paper tables from the results table: Table 1 layout (sparsity rows × method columns) as
+Markdown or LaTeX, every cell mean ± std (n seeds) or with its interval, and the best of each row
+in bold together with every cell not significantly worse than it (`reflow.uncertainty`)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import pandas as pd
 
 from reflow.errors import ReflowError
+from reflow.outcomes import Outcomes
+from reflow.uncertainty import (
+    ALPHA,
+    Resamplers,
+    TableUncertainty,
+    compare_columns,
+    table_uncertainty,
+)
 
 FORMATS = ("markdown", "latex", "csv")
 #: The paper's Table 1 columns, as (method, repair) pairs of ours.
@@ -122,38 +132,77 @@ def registry_order(frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def labelled_rows(frame: pd.DataFrame, with_repair: bool = True) -> pd.DataFrame:
+    """Rows in registry order with their table column (``method+repair`` [variant])."""
+    frame = registry_order(frame)
+    return frame.assign(column=labelled(frame, with_repair))
+
+
 def accuracy_table(
     frame: pd.DataFrame, metric: str = "top1", with_repair: bool = True
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Mean and std (over seeds) of ``metric``, sparsity rows × method[+repair] columns; rows
     of different configurations get different columns, never one average."""
-    frame = registry_order(frame)
-    frame = frame.assign(column=labelled(frame, with_repair))
-    groups = frame.groupby(["sparsity", "column"], sort=False)[metric]
+    mean, std, _ = seed_statistics(labelled_rows(frame, with_repair), metric)
+    return mean, std
+
+
+def seed_statistics(
+    rows: pd.DataFrame, metric: str = "top1"
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Mean, std (ddof 1) and n over seeds per cell of `labelled_rows`, columns in row order."""
+    groups = rows.groupby(["sparsity", "column"], sort=False)[metric]
     mean = groups.mean().unstack("column").sort_index()
     std = groups.std(ddof=1).unstack("column").reindex_like(mean)
-    order = list(dict.fromkeys(frame["column"]))
-    return mean[order], std[order]
+    count = groups.count().unstack("column").reindex_like(mean)
+    order = list(dict.fromkeys(rows["column"]))
+    return mean[order], std[order], count[order]
 
 
-def render(mean: pd.DataFrame, std: pd.DataFrame, fmt: str, digits: int = 2) -> str:
-    """Format as text with the best value of each row in bold (ties all bold)."""
+STATS = {
+    "std": "mean ± std over seeds (n seeds)",
+    "ci": "mean [95% interval: two-level bootstrap over seeds and test examples] (n seeds)",
+}
+
+
+def render(
+    mean: pd.DataFrame,
+    std: pd.DataFrame,
+    fmt: str,
+    digits: int = 2,
+    count: pd.DataFrame | None = None,
+    uncertainty: TableUncertainty | None = None,
+    stat: str = "std",
+) -> str:
+    """Format as text: each cell as `STATS` [``stat``] says, the best of each row in bold with
+    every cell not significantly worse than it when ``uncertainty`` tested them (else exact
+    ties only)."""
     if fmt not in FORMATS:
         raise ReflowError(f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    if stat not in STATS:
+        raise ReflowError(f"unknown --stat {stat!r}; choose from {', '.join(STATS)}")
     if fmt == "csv":
         return mean.to_csv()
     bold = (lambda s: f"**{s}**") if fmt == "markdown" else (lambda s: rf"\textbf{{{s}}}")
     pm = " ± " if fmt == "markdown" else r" $\pm$ "
+    marks = uncertainty.best if uncertainty else mean.eq(mean.max(axis=1), axis=0)
     cells = pd.DataFrame(index=mean.index, columns=mean.columns, dtype=object)
     for sparsity, row in mean.iterrows():
-        best = row.max()
         for column, value in row.items():
             if pd.isna(value):
                 cells.loc[sparsity, column] = "–"
                 continue
-            spread = std.loc[sparsity, column]
-            text = f"{value:.{digits}f}" + (f"{pm}{spread:.{digits}f}" if pd.notna(spread) else "")
-            cells.loc[sparsity, column] = bold(text) if value == best else text
+            text = f"{value:.{digits}f}"
+            if stat == "std":
+                spread = std.loc[sparsity, column]
+                text += f"{pm}{spread:.{digits}f}" if pd.notna(spread) else ""
+            else:
+                low = uncertainty.low.loc[sparsity, column] if uncertainty else float("nan")
+                high = uncertainty.high.loc[sparsity, column] if uncertainty else float("nan")
+                text += f" [{low:.{digits}f}, {high:.{digits}f}]" if pd.notna(low) else " [n/a]"
+            if count is not None and pd.notna(count.loc[sparsity, column]):
+                text += f" ({int(count.loc[sparsity, column])})"
+            cells.loc[sparsity, column] = bold(text) if marks.loc[sparsity, column] else text
     cells.index = [f"{s:g}" for s in cells.index]
     cells.index.name = "sparsity"
     cells.columns.name = None
@@ -163,21 +212,39 @@ def render(mean: pd.DataFrame, std: pd.DataFrame, fmt: str, digits: int = 2) -> 
     return cells.to_latex(escape=False, column_format="r" * (len(cells.columns) + 1))
 
 
-def paper_layout(
-    mean: pd.DataFrame, std: pd.DataFrame, faithful: bool = False
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Columns renamed and ordered as the paper's Table 1; a column we have no rows for is
-    shown empty ("–"), never filled from elsewhere."""
+def paper_columns(faithful: bool = False) -> dict[str, str]:
+    """The paper's Table 1 column names → our column labels."""
     variants = FAITHFUL_VARIANTS if faithful else {}
-    wanted = {
+    return {
         name: column_label(*pair) + (f" [{variants[name]}]" if name in variants else "")
         for name, pair in PAPER_COLUMNS.items()
     }
-    pick = lambda f: pd.DataFrame(  # noqa: E731
-        {name: f[col] if col in f else float("nan") for name, col in wanted.items()},
-        index=f.index,
-    )
-    return pick(mean), pick(std)
+
+
+def paper_layout(*tables: pd.DataFrame, faithful: bool = False) -> list[pd.DataFrame]:
+    """Columns renamed and ordered as the paper's Table 1; a column we have no rows for is
+    shown empty ("–"), never filled from elsewhere."""
+    wanted = paper_columns(faithful)
+    return [
+        pd.DataFrame(
+            {name: t[col] if col in t else float("nan") for name, col in wanted.items()},
+            index=t.index,
+        )
+        for t in tables
+    ]
+
+
+def legend(stat: str, uncertainty: TableUncertainty | None) -> str:
+    """What a table's cells and bold marks mean, printed under it."""
+    if uncertainty is None or not uncertainty.tested:
+        ties = "bold: the best of each row (no per-example outcomes stored: ties not tested)"
+    else:
+        ties = (
+            f"bold: the best of each row and every cell not significantly worse than it "
+            f"(exact McNemar on discordant test examples summed over common seeds, Holm-"
+            f"corrected across the table, alpha {ALPHA})"
+        )
+    return f"cells: {STATS[stat]}; {ties}"
 
 
 def table_for(
@@ -187,22 +254,36 @@ def table_for(
     metric: str = "top1",
     digits: int = 2,
     by_repair: bool = False,
+    outcomes: Mapping[str, Outcomes] | None = None,
+    stat: str = "std",
     **filters: object,
 ) -> list[tuple[str, str]]:
     """Rendered tables, one per (model, checkpoint, dataset) (and per repair with
-    ``by_repair``, methods as columns), with a title each."""
+    ``by_repair``, methods as columns), with a title each and, under it, its legend.
+
+    With ``outcomes`` (a store's per-example outcomes by run id) the cells get intervals and
+    the best marks account for uncertainty; without, intervals read n/a."""
     if layout not in LAYOUTS:
         raise ReflowError(f"unknown layout {layout!r}; layouts: {', '.join(LAYOUTS)}")
+    if stat not in STATS:
+        raise ReflowError(f"unknown --stat {stat!r}; choose from {', '.join(STATS)}")
     rows = filter_rows(frame, **filters)
     rows = with_defaults(expand_config(rows))  # one repair configuration per table, never mixed
     keys = ["model", "checkpoint", "dataset"] + (["repair"] if by_repair else [])
     groups = rows.groupby(keys, sort=False)
+    resamplers = Resamplers()
     out = []
     for key, group in groups:
         model, ckpt, dataset = key[:3]
-        mean, std = accuracy_table(group, metric, with_repair=not by_repair)
+        cells = labelled_rows(group, with_repair=not by_repair)
+        mean, std, count = seed_statistics(cells, metric)
         if layout.startswith("paper"):
-            mean, std = paper_layout(mean, std, faithful=layout == "paper-faithful")
+            names = {col: name for name, col in paper_columns(layout == "paper-faithful").items()}
+            cells = cells.assign(column=cells["column"].map(names)).dropna(subset=["column"])
+            mean, std, count = paper_layout(mean, std, count, faithful=layout == "paper-faithful")
+        uncertainty = None
+        if outcomes is not None and metric == "top1":
+            uncertainty = table_uncertainty(cells, mean, outcomes, resamplers)
         dense = group["dense_top1"].iloc[0]
         repair = f", repair {key[3]}" if by_repair else ""
         title = (
@@ -210,8 +291,62 @@ def table_for(
             if len(groups) > 1 or fmt != "csv"
             else ""
         )
-        out.append((title, render(mean, std, fmt, digits)))
+        text = render(mean, std, fmt, digits, count, uncertainty, stat)
+        if fmt == "markdown":
+            text += "\n\n" + legend(stat, uncertainty)
+        elif fmt == "latex":  # a comment, so the file still compiles
+            text += "\n% " + legend(stat, uncertainty)
+        out.append((title, text))
     return out
+
+
+def comparison_lines(
+    frame: pd.DataFrame,
+    outcomes: Mapping[str, Outcomes],
+    a: str,
+    b: str,
+    sparsities: tuple[float, ...] | None = None,
+    **filters: object,
+) -> list[str]:
+    """`reflow compare`: per (model, checkpoint, dataset) and sparsity, one line with the
+    paired difference A − B of top-1, its 95% interval, and McNemar's p (raw and Holm-corrected
+    across the lines of that setup)."""
+    rows = with_defaults(expand_config(filter_rows(frame, **filters)))
+    if sparsities:
+        rows = rows[rows["sparsity"].round(6).isin([round(s, 6) for s in sparsities])]
+    lines = []
+    for (model, ckpt, dataset), group in rows.groupby(["model", "checkpoint", "dataset"]):
+        cells = labelled_rows(group)
+        columns = list(dict.fromkeys(cells["column"]))
+        left, right = (_column_named(name, columns, f"{model} on {dataset}") for name in (a, b))
+        lines.append(f"{model} ({ckpt}) on {dataset}: {left} − {right}, top-1 points")
+        found = compare_columns(cells, outcomes, left, right)
+        if not found:
+            lines.append("  no sparsity has rows of both")
+        for sparsity, c in found:
+            if c is None:
+                lines.append(f"  {sparsity:g}: n/a (no comparable per-example outcomes stored)")
+                continue
+            verdict = {"A": f"{a} better", "B": f"{b} better", "tie": "indistinguishable"}
+            lines.append(
+                f"  {sparsity:g}: {c.difference:+.2f} [{c.low:+.2f}, {c.high:+.2f}]  "
+                f"McNemar p {c.p_value:.2g} (Holm {c.p_holm:.2g}; {c.a_only} vs {c.b_only} "
+                f"discordant, {c.seeds} seed{'s' * (c.seeds > 1)})  {verdict[c.direction]}"
+            )
+    return lines
+
+
+def _column_named(name: str, columns: list[str], where: str) -> str:
+    """The column ``name`` means: its exact label, or the one column whose label is ``name``
+    with a configuration variant (``mp+reflow [eval_samples=2000]``)."""
+    if name in columns:
+        return name
+    close = [c for c in columns if c.split(" [")[0] == name]
+    if len(close) == 1:
+        return close[0]
+    if close:
+        raise ReflowError(f"{name} has {len(close)} configurations in {where}: " + "; ".join(close))
+    raise ReflowError(f"no rows labelled {name} in {where}; columns there: {', '.join(columns)}")
 
 
 def collapse_tables(

@@ -11,6 +11,7 @@ from pathlib import Path
 from reflow.atomic import atomic_write
 from reflow.errors import ReflowError
 from reflow.execute import RowResult
+from reflow.outcomes import Outcomes
 from reflow.plan import Task, task_id
 from reflow.results import KEY, ResultStore, row_key
 
@@ -21,7 +22,15 @@ def shard_name(task: Task) -> str:
 
 
 def write_shard(path: Path, rows: list[RowResult]) -> None:
-    atomic_write(path, lambda f: json.dump([asdict(r) for r in rows], f))
+    records = [
+        {**asdict(r), "outcomes": r.outcomes.to_json() if r.outcomes else None} for r in rows
+    ]
+    atomic_write(path, lambda f: json.dump(records, f))
+
+
+def _row_result(record: dict) -> RowResult:
+    outcomes = record.pop("outcomes", None)
+    return RowResult(**record, outcomes=Outcomes.from_json(outcomes) if outcomes else None)
 
 
 def read_shard(path: Path) -> list[RowResult]:
@@ -29,8 +38,8 @@ def read_shard(path: Path) -> list[RowResult]:
     one-line error naming it."""
     try:
         records = json.loads(Path(path).read_text())
-        results = [RowResult(**r) for r in records]
-    except (OSError, ValueError, TypeError) as exc:
+        results = [_row_result(r) for r in records]
+    except (OSError, ValueError, TypeError, KeyError) as exc:
         raise ReflowError(
             f"shard {path} is not a reflow shard ({type(exc).__name__}: {exc}); move it away"
         ) from None
@@ -72,7 +81,7 @@ def merge_shards(
             if key in finished:
                 skipped += 1
                 continue
-            store.add(result.row, result.probes, result.layers)
+            store.add(result.row, result.probes, result.layers, result.outcomes)
             if result.row.get("error") is None:
                 finished.add(key)
             added += 1
