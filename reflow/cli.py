@@ -502,7 +502,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.to is not None:
         check_output(args.to, "--to", folder=True)
     store = ResultStore(args.folder, readonly=args.to is not None)
-    for path in store.export(args.format, args.to):
+    for path in store.export(args.format, args.to, predictions=args.predictions):
         print(f"wrote {path}")
     return 0
 
@@ -653,10 +653,17 @@ def build_parser() -> argparse.ArgumentParser:
         "files (the SQLite store stays the record).",
         epilog="examples:\n"
         "  reflow export runs/paper\n"
-        "  reflow export runs/paper --format parquet --to exports/",
+        "  reflow export runs/paper --format parquet --to exports/\n"
+        "  reflow export runs/paper --predictions   # + predictions.npz (per-example outcomes)",
         formatter_class=HelpFormatter,
     )
     p.add_argument("folder", type=Path)
+    p.add_argument(
+        "--predictions",
+        action="store_true",
+        help="also write every row's predicted class per test example (predictions.npz with "
+        "csv, predictions.parquet with parquet)",
+    )
     p.add_argument("--format", default="csv", choices=["csv", "parquet"])
     p.add_argument("--to", type=Path, default=None, help="target folder (default: FOLDER)")
     p.set_defaults(func=_cmd_export)

@@ -1,12 +1,14 @@
 """The result store: an embedded SQLite database in the results folder (``results.sqlite``),
 with tidy CSV exports beside it for spreadsheets and pandas.
 
-Three tables: ``results`` (one row per model, checkpoint, dataset, method, repair, sparsity, seed
+Tables: ``results`` (one row per model, checkpoint, dataset, method, repair, sparsity, seed
 and config hash: the UNIQUE row key), ``probes`` (one row per normalisation layer of a result:
-variance ratios) and ``layers`` (one row per prunable layer: achieved density). A result row and
-its probe and layer rows are committed in one transaction, so a killed sweep leaves a row whole
-or absent, and the UNIQUE key makes a duplicate impossible. Key columns are typed (TEXT hashes
-stay text); other columns are added as rows bring them, typed by their first value.
+variance ratios), ``layers`` (one row per prunable layer: achieved density), ``outcomes`` (a
+row's predicted class per evaluated example, `reflow.outcomes`) and ``eval_orders`` (the labels
+of each evaluated example order, once). A result row and its other rows are committed in one
+transaction, so a killed sweep leaves a row whole or absent, and the UNIQUE key makes a
+duplicate impossible. Key columns are typed (TEXT hashes stay text); other columns are added as
+rows bring them, typed by their first value.
 
 A folder written by the earlier CSV store is imported on first use (config hashes recomputed
 under the non-default identity rule, so finished rows are recognised).
@@ -22,11 +24,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from reflow.atomic import atomic_write
 from reflow.errors import ReflowError
-from reflow.outcomes import Outcomes
+from reflow.outcomes import Outcomes, unpack
 
 KEY = ("model", "checkpoint", "dataset", "method", "repair", "sparsity", "seed", "config_hash")
 TABLES = ("results", "probes", "layers")
@@ -323,8 +326,11 @@ class ResultStore:
         """Where ``table``'s CSV export lives."""
         return self.folder / f"{table}.csv"
 
-    def export(self, fmt: str = "csv", folder: Path | None = None) -> list[Path]:
-        """Write every table as ``fmt`` (csv or parquet) into ``folder`` (default: the store's)."""
+    def export(
+        self, fmt: str = "csv", folder: Path | None = None, predictions: bool = False
+    ) -> list[Path]:
+        """Write every table as ``fmt`` (csv or parquet) into ``folder`` (default: the store's);
+        with ``predictions`` also the per-example outcomes (`export_predictions`)."""
         if fmt not in ("csv", "parquet"):
             raise ReflowError(f"export format must be csv or parquet, got {fmt!r}")
         if fmt == "parquet":
@@ -348,7 +354,50 @@ class ResultStore:
                     target, lambda f, frame=frame: frame.to_parquet(f, index=False), binary=True
                 )
             written.append(target)
+        if predictions:
+            written.append(self.export_predictions(fmt, folder))
         return written
+
+    def export_predictions(self, fmt: str, folder: Path) -> Path:
+        """Per-example outcomes: ``predictions.npz`` (csv format; per example order: its labels,
+        the run ids and a runs × examples matrix of predicted classes) or ``predictions.parquet``
+        (one row per run and example: run_id, eval_order, example, label, predicted)."""
+        outcomes = self.outcomes()
+        if not outcomes:
+            raise ReflowError(
+                f"{self.folder} has no per-example outcomes (rows written before they were "
+                "kept); run the rows again in a new folder to get them"
+            )
+        by_order: dict[str, list[tuple[str, Outcomes]]] = {}
+        for rid, o in outcomes.items():
+            by_order.setdefault(o.eval_order, []).append((rid, o))
+        if fmt == "csv":
+            arrays = {}
+            for order, runs in by_order.items():
+                arrays[f"labels_{order}"] = unpack(runs[0][1].labels)
+                arrays[f"run_ids_{order}"] = np.array([rid for rid, _ in runs])
+                arrays[f"predicted_{order}"] = np.stack([unpack(o.predicted) for _, o in runs])
+            target = folder / "predictions.npz"
+            atomic_write(target, lambda f: np.savez_compressed(f, **arrays), binary=True)
+            return target
+        parts = []
+        for rid, o in outcomes.items():
+            labels, predicted = unpack(o.labels), unpack(o.predicted)
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "run_id": rid,
+                        "eval_order": o.eval_order,
+                        "example": np.arange(len(labels)),
+                        "label": labels,
+                        "predicted": predicted,
+                    }
+                )
+            )
+        frame = pd.concat(parts, ignore_index=True)
+        target = folder / "predictions.parquet"
+        atomic_write(target, lambda f: frame.to_parquet(f, index=False), binary=True)
+        return target
 
     def close(self) -> None:
         self.db.close()
