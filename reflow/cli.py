@@ -538,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
         "table",
         help="Table 1 layout: sparsity rows × method columns, best in bold",
         description="Tabulate a results folder: one table per model, checkpoint and dataset "
-        "(per repair with --by-repair), mean ± std over seeds (n), or each cell's 95%% interval "
+        "(per repair with --by-repair), mean ± std over seeds (n), or each cell's 95% interval "
         "(--stat ci: a two-level bootstrap over seeds and test examples). Bold marks the best "
         "cell of each row and every cell not significantly worse than it (exact McNemar on the "
         "stored per-example outcomes, paired by seed, Holm-corrected across the table). Rows "
@@ -565,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--stat",
         default="std",
         choices=list(STATS),
-        help="; ".join(f"{k}: {v}" for k, v in STATS.items()),
+        help="; ".join(f"{k}: {v}" for k, v in STATS.items()).replace("%", "%%"),
     )
     p.add_argument(
         "--by-repair", action="store_true", help="one table per repair, methods as columns"
@@ -593,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="paired difference of two columns per sparsity, with interval and p-value",
         description="Compare two method+repair columns of a results folder on the same test "
-        "examples: per sparsity, the mean top-1 difference A - B with its 95%% interval (two-"
+        "examples: per sparsity, the mean top-1 difference A - B with its 95% interval (two-"
         "level bootstrap: seeds, then test examples, paired), and the exact McNemar test on "
         "discordant examples summed over common seeds, Holm-corrected across the sparsities. "
         "Columns are labelled as `reflow table` labels them (method, or method+repair).",

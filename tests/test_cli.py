@@ -98,7 +98,7 @@ def test_every_command_has_help_with_examples_and_there_is_a_version(capsys) -> 
     import reflow
 
     commands = ["run", "sweep", "prune", "table", "collapse", "plot", "report", "export"]
-    for command in [*commands, "merge", "list"]:
+    for command in [*commands, "merge", "list", "compare"]:
         with pytest.raises(SystemExit) as done:
             main([command, "--help"])
         assert done.value.code == 0
