@@ -21,9 +21,11 @@ from pathlib import Path
 import pandas as pd
 from reflow.baselines import list_methods
 
+from reflow.errors import ReflowError
 from reflow.execute import ExecEnv
 from reflow.grid import Experiment, Grid
 from reflow.plan import planned_rows
+from reflow.provenance import git_commit
 from reflow.results import ResultStore, write_csv_atomic
 from reflow.runner import run_experiments
 from reflow.settings import Settings
@@ -48,6 +50,7 @@ COLUMNS = [
     "sparsity_achieved",
     "min_layer_density",
     "top_class_share",
+    "hamming_vs_mp",
     "t_select",
     "t_repair",
     "t_evaluate",
@@ -147,11 +150,25 @@ REFERENCES = {
 
 
 def make_reference(reference: Reference, runs: Path, device: str = "auto") -> pd.DataFrame:
-    """Run the reference's missing rows into ``runs`` and write its CSV."""
+    """Run the reference's missing rows into ``runs`` and write its CSV (refused from a tree
+    with uncommitted changes, or with rows that such a tree computed: a reference must say
+    which committed code made it)."""
+    commit = git_commit()
+    if commit.endswith("+dirty") or commit == "unknown":
+        raise ReflowError(
+            f"the checkout is {commit}: commit (or stash) your changes first, so every reference "
+            "row names the code that computed it"
+        )
     store = ResultStore(runs)
     run_experiments(reference.experiments(), store, env=ExecEnv(device, progress=True))
     frame = store.read()
     frame = planned_rows(frame[frame.error.isna()], reference.experiments())
+    dirty = frame[frame.git_commit.str.endswith("+dirty") | (frame.git_commit == "unknown")]
+    if len(dirty):
+        raise ReflowError(
+            f"{len(dirty)} rows in {runs} were computed from uncommitted code "
+            f"({dirty.git_commit.iloc[0]}); use a new --runs folder to compute them again"
+        )
     frame = frame.sort_values(["method", "repair", "sparsity"])[COLUMNS]
     reference.path.parent.mkdir(parents=True, exist_ok=True)
     write_csv_atomic(frame, reference.path)

@@ -18,7 +18,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from reflow.baselines import list_methods
+from reflow.stats import accuracy_variance
 from reflow.tables import DEFAULTS, column_label, expand_config, variant, with_defaults
+from reflow.verdicts import examples_of
 
 REPAIR_STYLES = {
     "none": "--",
@@ -40,11 +42,25 @@ plt.rcParams.update(
 )
 
 
-def method_colour(method: str) -> str:
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+#: tab20's dark shades first, then its light ones: the first ten methods get strong colours.
+_PALETTE = [plt.get_cmap("tab20")(i) for i in (*range(0, 20, 2), *range(1, 20, 2))]
+
+
+def method_style(method: str) -> dict:
+    """The colour and marker of ``method`` in every figure: distinct for every registered
+    method (20 colours × 10 markers, by registry order); an unregistered name still gets a
+    style that is stable across runs."""
     names = list_methods()
-    # unknown names (a method since removed) still get a colour that is stable across runs
-    index = names.index(method) if method in names else zlib.crc32(method.encode())
-    return plt.get_cmap("tab10")(index % 10)
+    index = names.index(method) if method in names else len(names) + zlib.crc32(method.encode())
+    return {
+        "color": _PALETTE[index % len(_PALETTE)],
+        "marker": MARKERS[(index + index // len(_PALETTE)) % len(MARKERS)],
+    }
+
+
+def method_colour(method: str) -> tuple[float, ...]:
+    return method_style(method)["color"]
 
 
 def sparsity_colours(sparsities: pd.Series) -> dict[float, tuple[float, ...]]:
@@ -127,9 +143,8 @@ def variance_by_repair(
             curve.index,
             curve.values,
             linestyle=REPAIR_STYLES.get(repair, "-"),
-            marker="o",
             ms=3,
-            color=method_colour(method),
+            **method_style(method),
             alpha=1.0 if repair in {"none", "reflow"} else 0.6,
             label=column_label(method, repair),
         )
@@ -160,9 +175,12 @@ def variance_by_method(
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for method, group in rows.groupby("method", sort=False):
         curve = group.groupby("norm_index")["ratio"].mean()
-        ax.plot(
-            curve.index, curve.values, marker="o", ms=3, color=method_colour(method), label=method
-        )
+        ax.plot(curve.index, curve.values, ms=3, label=method, **method_style(method))
+        spread = group.groupby("norm_index")["ratio"].agg(["min", "max"])
+        if group.seed.nunique() > 1:  # the seed spread, as a band
+            ax.fill_between(
+                spread.index, spread["min"], spread["max"], alpha=0.15, color=method_colour(method)
+            )
     _norm_axis(ax, rows.drop_duplicates("norm_index").sort_values("norm_index")["layer"])
     ax.set_yscale("log")
     ax.legend(ncol=2)
@@ -185,25 +203,30 @@ FIG10_METHODS = ("mp", "chita_s", "chita_u")
 
 
 def accuracy_vs_sparsity(probes: pd.DataFrame, results: pd.DataFrame, out: Path) -> list[Path]:
-    """Fig. 10: top-1 vs sparsity per method and repair (mean ± std over seeds)."""
+    """Fig. 10: top-1 vs sparsity per method and repair: the mean over seeds, and a band of its
+    95% interval (normal approximation: test examples and seed spread)."""
     rows = with_defaults(results)
     if rows.method.isin(FIG10_METHODS[1:]).any():
         rows = rows[rows.method.isin(FIG10_METHODS)]
     if rows.empty:
         return []
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    stats = _mean_std(rows, ["method", "repair", "sparsity"], "top1")
-    for (method, repair), g in stats.groupby(["method", "repair"], sort=False):
-        ax.errorbar(
-            g.sparsity,
-            g["mean"],
-            yerr=g["std"].fillna(0),
+    for (method, repair), g in rows.groupby(["method", "repair"], sort=False):
+        cells = g.groupby("sparsity")
+        mean = cells.top1.mean()
+        half = cells.apply(
+            lambda c: 1.96 * accuracy_variance(c.top1.to_numpy(), examples_of(c)) ** 0.5
+        )
+        ax.plot(
+            mean.index,
+            mean.values,
             linestyle=REPAIR_STYLES.get(repair, "-"),
-            marker="o",
             ms=4,
-            capsize=2,
-            color=method_colour(method),
             label=column_label(method, repair),
+            **method_style(method),
+        )
+        ax.fill_between(
+            mean.index, mean - half, mean + half, alpha=0.15, color=method_colour(method), lw=0
         )
     ax.axhline(rows.dense_top1.iloc[0], color="black", lw=1, ls=":", label="dense")
     ax.set_xlabel("sparsity")
@@ -228,9 +251,8 @@ def hamming_vs_sparsity(probes: pd.DataFrame, results: pd.DataFrame, out: Path) 
         ax.plot(
             g.sparsity,
             100 * g["mean"],
-            marker="o",
-            color=method_colour(method),
             label=f"mp vs {method}",
+            **method_style(method),
         )
     ax.set_yscale("symlog", linthresh=0.01)
     ax.set_xlabel("sparsity")

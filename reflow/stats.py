@@ -34,6 +34,17 @@ def seed_summary(values: Sequence[float]) -> tuple[float, float, int]:
     return float(array.mean()), std, int(array.size)
 
 
+def accuracy_variance(top1: Sequence[float], examples: int) -> float:
+    """Variance (points²) of a mean top-1 over seeds without per-example outcomes: binomial over
+    ``examples`` test examples per seed plus the seed spread over the number of seeds; what the
+    normal-approximation intervals use when a store kept no outcomes."""
+    values = np.asarray(top1, dtype=float)
+    p = values.mean() / 100
+    binomial = 1e4 * p * (1 - p) / max(examples * values.size, 1)
+    seeds = values.var(ddof=1) / values.size if values.size > 1 else 0.0
+    return float(binomial + seeds)
+
+
 class Resampler:
     """Bootstrap resamples of ``n`` paired examples (drawn once, shared by every cell it is
     used for) and of seeds; seeded, so the same table gets the same intervals."""

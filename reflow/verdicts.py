@@ -25,6 +25,7 @@ from scipy.stats import spearmanr
 
 from reflow import paper
 from reflow.outcomes import Outcomes
+from reflow.stats import accuracy_variance
 from reflow.uncertainty import Resamplers, cell_outcomes, paired
 
 INF = math.inf
@@ -77,16 +78,15 @@ class Evidence:
 
 
 def _variance_of_mean(cell: pd.DataFrame) -> float:
-    """Variance (points²) of a cell's mean top-1: binomial over its test examples plus the
-    seed spread (used when per-example outcomes are missing). A row that does not say how many
-    examples it evaluated (``eval_samples`` 0 or absent: the whole split) counts CIFAR-10's
-    10,000."""
-    p = float(cell.top1.mean()) / 100
-    stated = pd.to_numeric(cell.get("eval_samples"), errors="coerce")
-    examples = float(stated.max()) if stated is not None and stated.max() > 0 else 10_000.0
-    binomial = 1e4 * p * (1 - p) / max(examples * len(cell), 1.0)
-    seeds = float(cell.top1.var(ddof=1)) / len(cell) if len(cell) > 1 else 0.0
-    return binomial + seeds
+    """`accuracy_variance` of a cell; a row that does not say how many examples it evaluated
+    (``eval_samples`` 0 or absent: the whole split) counts CIFAR-10's 10,000."""
+    return accuracy_variance(cell.top1.to_numpy(), examples_of(cell))
+
+
+def examples_of(rows: pd.DataFrame) -> int:
+    """How many test examples the rows were evaluated on (10,000 when they do not say)."""
+    stated = pd.to_numeric(rows.get("eval_samples"), errors="coerce")
+    return int(stated.max()) if stated is not None and stated.max() > 0 else 10_000
 
 
 @dataclass

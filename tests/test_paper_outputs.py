@@ -255,3 +255,43 @@ def test_claims_use_the_default_configuration_or_the_one_a_sweep_ran(swept) -> N
     rows, _ = claim_rows(pd.concat([mp, only_variant, default]), pd.DataFrame(), "resnet20")
     assert claim_variants(rows) == {}
     assert set(rows[rows.method == "chita_u"].run_id) == set(default.run_id)
+
+
+def test_every_method_has_its_own_colour_and_marker() -> None:
+    """tab10 modulo 10 gave mp and chita_s one colour: the two curves Figs. 6 and 10 compare."""
+    from reflow.baselines import list_methods
+
+    from reflow.plots import method_style
+
+    styles = [method_style(m) for m in list_methods()]
+    assert len({(s["color"], s["marker"]) for s in styles}) == len(styles)
+    assert len({s["color"] for s in styles}) == min(len(styles), 20)
+    assert method_style("mp")["color"] != method_style("chita_s")["color"]
+    assert method_style("not-registered") == method_style("not-registered")
+
+
+def test_make_reference_refuses_uncommitted_code(tmp_path, monkeypatch) -> None:
+    """148 of the MobileNet reference rows once came from a `+dirty` tree: no more."""
+    import sys
+    from pathlib import Path
+
+    from reflow.errors import ReflowError
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.modules.pop("make_reference", None)
+    import make_reference
+
+    started = []
+    monkeypatch.setattr(make_reference, "run_experiments", lambda *a, **k: started.append(1))
+    monkeypatch.setattr(make_reference, "git_commit", lambda: "0123456789ab+dirty")
+    reference = make_reference.REFERENCES["resnet20"]
+    with pytest.raises(ReflowError, match=r"commit .*your changes first"):
+        make_reference.make_reference(reference, tmp_path / "runs", "cpu")
+    assert not started
+    # rows an earlier dirty tree computed are refused too, even from a clean tree
+    monkeypatch.setattr(make_reference, "git_commit", lambda: "0123456789ab")
+    frame = pd.DataFrame({"git_commit": ["0123456789ab+dirty"], "error": [None]})
+    monkeypatch.setattr(make_reference, "planned_rows", lambda f, e: frame)
+    monkeypatch.setattr(make_reference.ResultStore, "read", lambda self: frame)
+    with pytest.raises(ReflowError, match=r"1 rows .* uncommitted code"):
+        make_reference.make_reference(reference, tmp_path / "runs", "cpu")
