@@ -110,6 +110,9 @@ class Method(ABC):
     structured: ClassVar[bool] = False
     Config: ClassVar[type] = NoConfig
     summary: ClassVar[str] = ""
+    #: What the method draws from ``ctx.generator`` itself (e.g. "the random mask"), beyond the
+    #: data draws its ``needs`` imply; "" when it draws nothing (`reflow.seeds`).
+    seeded: ClassVar[str] = ""
     #: Optional packages the method needs (module names), and the extra that installs them.
     requires: ClassVar[tuple[str, ...]] = ()
     extra: ClassVar[str] = ""

@@ -12,6 +12,7 @@ from torch import nn
 class RandomPruning(Method):
     name = "random"
     summary = "uniformly random weights across all prunable layers (seeded)"
+    seeded = "the random mask"
     supports_pattern = True
 
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> PruneResult:

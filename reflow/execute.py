@@ -44,6 +44,7 @@ from reflow.outcomes import Outcomes, order_identity
 from reflow.plan import RowSpec, SetupKey, Task
 from reflow.provenance import device_name, git_commit, gpu_settings
 from reflow.results import KEY
+from reflow.seeds import seed_controls
 from reflow.timing import PhaseTimer
 
 
@@ -137,6 +138,12 @@ def execute(
     except ReflowError as exc:  # bad data or weights: every task would fail the same way
         raise SetupFailed(f"{task.setup.model} on {task.setup.dataset}: {exc}") from None
     method = task.method
+    copies = {
+        spec.key: _seed_copy(task, spec) if keep is None and evaluate else None
+        for spec in task.rows
+    }
+    if all(copies.values()):  # nothing here depends on the seed: every row computed before
+        return [_copied(task, spec, setup, copies[spec.key]) for spec in task.rows]
     if setup.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(setup.device)
     timer = PhaseTimer(setup.device)
@@ -148,6 +155,9 @@ def execute(
     select_seconds = dict(timer.seconds)
     rows = []
     for spec in task.rows:
+        if copies[spec.key]:
+            rows.append(_copied(task, spec, setup, copies[spec.key]))
+            continue
         timer.seconds = dict(select_seconds)
         repair = spec.repair
         try:
@@ -166,9 +176,43 @@ def execute(
         row |= _structure_columns(setup, model, result)
         probes = _probe_rows(ev, dense, model) if ev is not None and dense is not None else []
         rows.append(RowResult(row, probes, _layer_rows(result), _outcomes(setup, ev)))
+        _remember_seed_free(task, spec, rows[-1])
         if keep is not None:
             keep(model, result.masks)
     return rows
+
+
+#: Rows whose seed controls nothing, by their key without the seed (`reflow.seeds`): computed
+#: once per process and recorded for every other seed as a copy (``seed_copy_of``).
+_SEED_FREE: OrderedDict[tuple, RowResult] = OrderedDict()
+SEED_FREE_KEPT = 512
+
+
+def _seed_free_key(task: Task, spec: RowSpec) -> tuple | None:
+    if seed_controls(task.method, spec.repair, task.settings) != "nothing":
+        return None
+    seed_at = KEY.index("seed")
+    return (task.setup, task.experiment, *spec.key[:seed_at], *spec.key[seed_at + 1 :])
+
+
+def _seed_copy(task: Task, spec: RowSpec) -> RowResult | None:
+    key = _seed_free_key(task, spec)
+    return _SEED_FREE.get(key) if key is not None else None
+
+
+def _remember_seed_free(task: Task, spec: RowSpec, result: RowResult) -> None:
+    key = _seed_free_key(task, spec)
+    if key is None or result.row.get("error") is not None or result.outcomes is None:
+        return
+    _SEED_FREE[key] = result
+    while len(_SEED_FREE) > SEED_FREE_KEPT:
+        _SEED_FREE.popitem(last=False)
+
+
+def _copied(task: Task, spec: RowSpec, setup: Setup, source: RowResult) -> RowResult:
+    """``source``'s measurements recorded for this row's seed, saying whose they are."""
+    row = source.row | _provenance(task, spec, setup) | {"seed_copy_of": source.row["seed"]}
+    return RowResult(row, source.probes, source.layers, source.outcomes)
 
 
 def _outcomes(setup: Setup, ev: Evaluation | None) -> Outcomes | None:
@@ -222,7 +266,8 @@ def _result_row(
     timer: PhaseTimer,
 ) -> dict:
     outcome = outcome_columns(setup, result, ev, dense, calib_samples, timer.seconds)
-    return _provenance(task, spec, setup) | outcome | {"error": None}
+    seed = {"seed_controls": seed_controls(task.method, spec.repair, task.settings)}
+    return _provenance(task, spec, setup) | outcome | seed | {"seed_copy_of": None, "error": None}
 
 
 def _structure_columns(setup: Setup, model: torch.nn.Module, result: PruneResult) -> dict:

@@ -8,6 +8,7 @@ from reflow.data import DATASETS
 from reflow.executors import EXECUTORS
 from reflow.options import describe_config
 from reflow.repairs import REPAIRS
+from reflow.seeds import method_seed_controls, repair_seed_controls
 from reflow.settings import setting_fields
 from reflow.zoo import MODELS
 
@@ -19,15 +20,17 @@ def registered(verbose: bool = False) -> list[str]:
         cls = baselines.get_method_class(name)
         needs = ", ".join(sorted(cls.needs)) or "nothing"
         extras = "; N:M patterns" if cls.supports_pattern else ""
+        seed = ", ".join(method_seed_controls(cls)) or "nothing"
         lines.append(
             f"  {name:<12} {cls.summary}  [needs {needs}; updates weights: "
-            f"{cls.updates_weights}{extras}]"
+            f"{cls.updates_weights}{extras}; the seed controls: {seed}]"
         )
         lines += _options(cls.Config, f"--set {name}.", verbose)
     lines.append("repairs:")
     for name, cls in REPAIRS.items():
         needs = ", ".join(sorted(cls.needs)) or "nothing"
-        lines.append(f"  {name:<16} {cls.summary}  [needs {needs}]")
+        seed = ", ".join(repair_seed_controls(cls)) or "nothing"
+        lines.append(f"  {name:<16} {cls.summary}  [needs {needs}; the seed controls: {seed}]")
         lines += _options(cls.Config, f"--set {name}.", verbose)
     lines.append("executors:")
     for name, cls in EXECUTORS.items():

@@ -167,3 +167,17 @@ def test_export_predictions(store, tmp_path, capsys) -> None:
     )
     long = pd.read_parquet(tmp_path / "predictions.parquet")
     assert len(long) == 8 * 300 and set(long.columns) >= {"run_id", "example", "predicted"}
+
+
+def test_a_row_the_seed_cannot_change_is_computed_once_and_recorded_per_seed(store) -> None:
+    frame = store.read().set_index(["method", "repair", "seed"])
+    assert frame.loc[("mp", "none", 0), "seed_controls"] == "nothing"
+    assert frame.loc[("mp", "reflow", 0), "seed_controls"] == "calibration draw"
+    assert frame.loc[("random", "none", 0), "seed_controls"] == "the random mask"
+    copy = frame.loc[("mp", "none", 1)]
+    assert copy["seed_copy_of"] == 0 and copy["top1"] == frame.loc[("mp", "none", 0), "top1"]
+    assert copy["run_id"] != frame.loc[("mp", "none", 0), "run_id"]
+    for computed in [("mp", "reflow", 1), ("random", "none", 1), ("mp", "none", 0)]:
+        assert pd.isna(frame.loc[computed, "seed_copy_of"]), computed
+    outcomes = store.outcomes()
+    assert outcomes[copy["run_id"]] == outcomes[frame.loc[("mp", "none", 0), "run_id"]]
