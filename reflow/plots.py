@@ -422,6 +422,30 @@ def layer_order(probes: pd.DataFrame, results: pd.DataFrame, out: Path) -> list[
     return _finish(fig, ax, "cumulative REFLOW by layer order", out, "fig12_layer_order")
 
 
+def critical_difference(probes: pd.DataFrame, results: pd.DataFrame, out: Path) -> list[Path]:
+    """Demšar's critical-difference diagram: mean rank of each method+repair over the blocks
+    (sparsities; checkpoints and datasets), pairs the Nemenyi test cannot separate joined by a
+    bar (needs scikit-posthocs: pip install -e ".[stats]")."""
+    from reflow.errors import ReflowError
+    from reflow.ranking import rank_methods
+
+    try:
+        ranking = rank_methods(with_defaults(results))
+    except ReflowError:
+        return []
+    if ranking.nemenyi is None:
+        return []
+    import scikit_posthocs as sp
+
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(ranking.ranks) + 1.5))
+    sp.critical_difference_diagram(ranking.ranks, ranking.nemenyi, ax=ax)
+    title = (
+        f"mean rank over {len(ranking.scores)} blocks; Friedman p {ranking.friedman_p:.2g}; "
+        "bars: Nemenyi p ≥ 0.05"
+    )
+    return _finish(fig, ax, title, out, "critical_difference")
+
+
 FIGURES: dict[str, Callable[..., list[Path]]] = {
     "variance": variance_by_layer,
     "variance-repair": variance_by_repair,
@@ -432,6 +456,7 @@ FIGURES: dict[str, Callable[..., list[Path]]] = {
     "calibration-batches": accuracy_vs_calibration_batches,
     "batch-size": accuracy_vs_batch_size,
     "layer-order": layer_order,
+    "cd": critical_difference,
 }
 
 

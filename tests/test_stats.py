@@ -108,3 +108,61 @@ def test_comparison_direction() -> None:
     assert result.direction == "A" and result.difference == pytest.approx(90.0)
     assert compare(b, a, Resampler(300)).direction == "B"
     assert compare(a, a, Resampler(300)).direction == "tie"
+
+
+def _sweep(scores: dict[str, list[float]]) -> pd.DataFrame:
+    rows = []
+    for column, values in scores.items():
+        method, _, repair = column.partition("+")
+        for i, top1 in enumerate(values):
+            rows.append(
+                {
+                    "model": "m",
+                    "checkpoint": "c",
+                    "dataset": "d",
+                    "sparsity": 0.1 * (i + 1),
+                    "method": method,
+                    "repair": repair or "none",
+                    "seed": 0,
+                    "top1": top1,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_friedman_ranking_matches_scipy_and_orders_the_methods() -> None:
+    from scipy.stats import friedmanchisquare
+
+    from reflow.ranking import rank_methods
+
+    scores = {
+        "mp": [80, 70, 60, 50, 40, 30],
+        "mp+reflow": [85, 82, 78, 74, 70, 60],
+        "wf_u": [84, 75, 65, 52, 38, 31],
+        "cbs_u": [83, 76, 61, 49, 41, 29],
+    }
+    ranking = rank_methods(_sweep(scores))
+    assert ranking.ranks.index[0] == "mp+reflow" and ranking.ranks.iloc[0] == 1.0
+    expected = friedmanchisquare(*(scores[c] for c in ranking.scores.columns))
+    assert ranking.friedman_statistic == pytest.approx(expected.statistic)
+    assert ranking.friedman_p == pytest.approx(expected.pvalue)
+    if ranking.nemenyi is not None:  # the stats extra
+        assert ranking.nemenyi.shape == (4, 4)
+
+
+def test_ranking_needs_complete_blocks() -> None:
+    from reflow.errors import ReflowError
+    from reflow.ranking import rank_methods
+
+    with pytest.raises(ReflowError, match="at least 3 columns"):
+        rank_methods(_sweep({"mp": [1, 2], "wf_u": [2, 3]}))
+
+
+def test_critical_difference_diagram_is_drawn(tmp_path) -> None:
+    pytest.importorskip("scikit_posthocs")
+    from reflow.plots import critical_difference
+
+    frame = _sweep({"mp": [80, 70, 60], "mp+reflow": [85, 82, 78], "wf_u": [84, 75, 65]})
+    frame["dense_top1"] = 90.0
+    paths = critical_difference(pd.DataFrame(), frame, tmp_path)
+    assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.is_file() for p in paths)
