@@ -349,13 +349,14 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_filters(p: argparse.ArgumentParser) -> None:
+def _add_filters(p: argparse.ArgumentParser, methods: bool = True) -> None:
     p.add_argument("folder", type=Path, help="results folder written by `reflow run`")
     p.add_argument("--model", default=None, help="only rows of this model (default: all)")
     p.add_argument("--dataset", default=None, help="only rows of this dataset (default: all)")
     p.add_argument("--checkpoint", default=None, help="only rows of this checkpoint")
-    p.add_argument("--method", type=_csv(str), default=None, help="comma list of methods")
-    p.add_argument("--repair", type=_csv(str), default=None, help="comma list of repairs")
+    if methods:
+        p.add_argument("--method", type=_csv(str), default=None, help="comma list of methods")
+        p.add_argument("--repair", type=_csv(str), default=None, help="comma list of repairs")
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
@@ -602,13 +603,10 @@ def build_parser() -> argparse.ArgumentParser:
         "  reflow compare runs/table1 mp+reflow mp+statcorr --sparsity 0.8,0.9",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("folder", type=Path, help="results folder written by `reflow run`")
+    _add_filters(p, methods=False)
     p.add_argument("a", help="first column, e.g. mp+reflow")
     p.add_argument("b", help="second column, e.g. chita_u (repair none)")
     p.add_argument("--sparsity", type=_csv(float), default=None, help="comma list (default: all)")
-    p.add_argument("--model", default=None, help="only rows of this model (default: all)")
-    p.add_argument("--dataset", default=None, help="only rows of this dataset (default: all)")
-    p.add_argument("--checkpoint", default=None, help="only rows of this checkpoint")
     p.set_defaults(func=_cmd_compare)
 
     from reflow.plots import FIGURES
@@ -617,11 +615,12 @@ def build_parser() -> argparse.ArgumentParser:
         "plot",
         help="draw the paper figures from a results folder (PNG + PDF)",
         description="Draw every figure the stored rows support (variance ratio per layer, "
-        "accuracy vs sparsity, mask Hamming distance, prediction histogram, the calibration "
-        "ablations), per model; a figure without rows is reported as skipped.",
+        "accuracy vs sparsity with 95% bands, mask Hamming distance, prediction histogram, the "
+        "calibration ablations, the critical-difference diagram of mean ranks), per model; a "
+        "figure without rows is reported as skipped.",
         epilog="examples:\n"
         "  reflow plot runs/paper --out figures\n"
-        "  reflow plot runs/paper --out figures --only variance_ratio accuracy",
+        "  reflow plot runs/paper --out figures --only variance accuracy cd",
         formatter_class=HelpFormatter,
     )
     p.add_argument("folder", type=Path, help="results folder written by `reflow run`")
