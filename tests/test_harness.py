@@ -80,11 +80,11 @@ def test_interrupted_run_resumes_without_duplicates_or_losses(tmp_path, monkeypa
     original_add = ResultStore.add
     calls = {"n": 0}
 
-    def add_then_die(self, row, probes=(), layers=()):
+    def add_then_die(self, row, probes=(), layers=(), outcomes=None):
         if calls["n"] == 3:
             raise KeyboardInterrupt  # killed while the fourth row is being written
         calls["n"] += 1
-        original_add(self, row, probes, layers)
+        original_add(self, row, probes, layers, outcomes)
 
     monkeypatch.setattr(ResultStore, "add", add_then_die)
     with pytest.raises(KeyboardInterrupt):
