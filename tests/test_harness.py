@@ -97,6 +97,7 @@ def test_interrupted_run_resumes_without_duplicates_or_losses(tmp_path, monkeypa
     assert len(frame) == 8
     keys = frame[["method", "repair", "sparsity"]].apply(tuple, axis=1)
     assert keys.is_unique
+    assert set(store.outcomes()) == set(frame.run_id)  # every row's outcomes, none orphaned
     assert run_grid(GRID, store, FAST, progress=False)["ran"] == 0
 
 
