@@ -25,6 +25,8 @@ from reflow.verdicts import examples_of
 REPAIR_STYLES = {
     "none": "--",
     "reflow": "-",
+    "reflow_mean": (0, (6, 2)),
+    "reflow_var": (0, (2, 2)),
     "adabn": ":",
     "bnt": "-.",
     "statcorr": (0, (5, 1, 1, 1, 1, 1)),
@@ -89,10 +91,18 @@ def _norm_axis(ax: plt.Axes, layers: pd.Series) -> None:
     ax.set_ylabel("variance ratio pruned / dense")
 
 
+def _seed_band(ax: plt.Axes, group: pd.DataFrame, colour: object) -> None:
+    """Shade the seed spread (min to max over seeds) of a per-layer ratio curve."""
+    if "seed" in group and group.seed.nunique() > 1:
+        spread = group.groupby("norm_index")["ratio"].agg(["min", "max"])
+        ax.fill_between(spread.index, spread["min"], spread["max"], alpha=0.15, color=colour, lw=0)
+
+
 def variance_by_layer(
     probes: pd.DataFrame, results: pd.DataFrame, out: Path, method: str = "mp", repair: str = "none"
 ) -> list[Path]:
-    """Fig. 4: per-layer variance ratio at several sparsities."""
+    """Fig. 4: per-layer variance ratio at several sparsities (mean over seeds; the band is
+    their spread)."""
     rows = probes[(probes.method == method) & (probes.repair == repair)]
     if rows.empty:
         return []
@@ -107,6 +117,7 @@ def variance_by_layer(
             color=colour,
             label=f"sparsity {s:g}",
         )
+        _seed_band(ax, rows[rows.sparsity == s], colour)
     _norm_axis(ax, rows.drop_duplicates("norm_index").sort_values("norm_index")["layer"])
     ax.set_yscale("log")
     ax.legend()
@@ -148,6 +159,7 @@ def variance_by_repair(
             alpha=1.0 if repair in {"none", "reflow"} else 0.6,
             label=column_label(method, repair),
         )
+        _seed_band(ax, group, method_colour(method))
     _norm_axis(ax, rows.drop_duplicates("norm_index").sort_values("norm_index")["layer"])
     ax.legend()
     return _finish(
@@ -176,11 +188,7 @@ def variance_by_method(
     for method, group in rows.groupby("method", sort=False):
         curve = group.groupby("norm_index")["ratio"].mean()
         ax.plot(curve.index, curve.values, ms=3, label=method, **method_style(method))
-        spread = group.groupby("norm_index")["ratio"].agg(["min", "max"])
-        if group.seed.nunique() > 1:  # the seed spread, as a band
-            ax.fill_between(
-                spread.index, spread["min"], spread["max"], alpha=0.15, color=method_colour(method)
-            )
+        _seed_band(ax, group, method_colour(method))
     _norm_axis(ax, rows.drop_duplicates("norm_index").sort_values("norm_index")["layer"])
     ax.set_yscale("log")
     ax.legend(ncol=2)

@@ -100,6 +100,9 @@ class BatchNormRecalibration(Repair):
     needs = frozenset({"calibration"})
     reset: ClassVar[bool]
     momentum: ClassVar[float | None]
+    #: A running statistic kept from the checkpoint (``running_mean`` or ``running_var``), so
+    #: only the other is re-estimated: the mean-versus-variance ablation of signal collapse.
+    keeps: ClassVar[str] = ""
 
     def applies_to(self, model: nn.Module) -> str | None:
         if batchnorm_layers(model):
@@ -113,7 +116,10 @@ class BatchNormRecalibration(Repair):
         return len(batchnorm_layers(model))
 
     def repair(self, model: nn.Module, ctx: RepairContext) -> int:
-        return recalibrate_bn(
+        kept = {}
+        if self.keeps:
+            kept = {n: getattr(bn, self.keeps).clone() for n, bn in batchnorm_layers(model).items()}
+        samples = recalibrate_bn(
             model,
             ctx.calibration(),
             reset=self.reset,
@@ -121,6 +127,10 @@ class BatchNormRecalibration(Repair):
             layers=ctx.layers,
             progress=ctx.progress,
         )
+        for name, bn in batchnorm_layers(model).items():
+            if name in kept:
+                getattr(bn, self.keeps).copy_(kept[name])
+        return samples
 
 
 @register
@@ -128,6 +138,20 @@ class Reflow(BatchNormRecalibration):
     name = "reflow"
     summary = "reset BN statistics, re-estimate as exact cumulative average (REFLOW)"
     reset, momentum = True, None
+
+
+@register
+class ReflowMean(BatchNormRecalibration):
+    name = "reflow_mean"
+    summary = "REFLOW for the running means only; running variances kept from the checkpoint"
+    reset, momentum, keeps = True, None, "running_var"
+
+
+@register
+class ReflowVar(BatchNormRecalibration):
+    name = "reflow_var"
+    summary = "REFLOW for the running variances only; running means kept from the checkpoint"
+    reset, momentum, keeps = True, None, "running_mean"
 
 
 @register

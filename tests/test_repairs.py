@@ -115,7 +115,9 @@ def test_reduce_dims_keep_the_channel_axis() -> None:
     assert reduce_dims(nn.LayerNorm(5), out) == (0, 1, 2)
 
 
-@pytest.mark.parametrize("name", ["reflow", "adabn", "bnt", "reflow+statcorr"])
+@pytest.mark.parametrize(
+    "name", ["reflow", "reflow_mean", "reflow_var", "adabn", "bnt", "reflow+statcorr"]
+)
 def test_batchnorm_repairs_refuse_a_layernorm_network(name: str) -> None:
     reason = get_repair(name).applies_to(_layernorm_resnet())
     assert reason and "BatchNorm" in reason and "GroupNorm" in reason and "statcorr" in reason
@@ -159,3 +161,44 @@ def test_channel_moments_merge_batches_exactly_and_stably() -> None:
     torch.testing.assert_close(moments.mean, everything.mean((0, 2, 3)), rtol=1e-6, atol=0)
     torch.testing.assert_close(moments.std, want_std, rtol=1e-3, atol=0)
     assert moments.count == 23 * 16
+
+
+def _statistics(model: nn.Module, which: str) -> dict[str, torch.Tensor]:
+    return {
+        n: getattr(m, which).clone()
+        for n, m in model.named_modules()
+        if isinstance(m, nn.BatchNorm2d)
+    }
+
+
+def test_reflow_mean_and_reflow_var_split_reflow_exactly() -> None:
+    """The 2 × 2 ablation of the mechanism: each re-estimates one statistic and leaves the
+    other bit-identical; applied together (either order) they are REFLOW, bit for bit."""
+    dense = trained_like(cifar_resnet(20))
+    pruned = _pruned(dense)
+    batches = _batches(n=2, bs=32)
+    results = {}
+    for names in (("reflow",), ("reflow_mean",), ("reflow_var",), ("reflow_mean", "reflow_var")):
+        model = copy.deepcopy(pruned)
+        for name in names:
+            get_repair(name).repair(model, _ctx(batches))
+        results[names] = model
+    for which, kept_by in (("running_var", "reflow_mean"), ("running_mean", "reflow_var")):
+        kept, before = _statistics(results[(kept_by,)], which), _statistics(pruned, which)
+        assert all(torch.equal(kept[n], before[n]) for n in before), kept_by
+        changed = _statistics(results[("reflow",)], which)
+        assert not all(torch.equal(changed[n], before[n]) for n in before)
+    both, full = results[("reflow_mean", "reflow_var")], results[("reflow",)]
+    for which in ("running_mean", "running_var"):
+        a, b = _statistics(both, which), _statistics(full, which)
+        assert all(torch.equal(a[n], b[n]) for n in a), which
+    also = copy.deepcopy(pruned)
+    for name in ("reflow_var", "reflow_mean"):
+        get_repair(name).repair(also, _ctx(batches))
+    assert all(
+        torch.equal(x, y)
+        for which in ("running_mean", "running_var")
+        for x, y in zip(
+            _statistics(also, which).values(), _statistics(full, which).values(), strict=True
+        )
+    )
