@@ -120,7 +120,7 @@ class ImageData:
                 f"{n_batches} batches of {batch_size} need {need} train images but {self.name} "
                 f"has {len(self.train)}; ask for fewer batches or a smaller batch size"
             )
-        generator = torch.Generator().manual_seed(_stream_seed(seed, stream))
+        generator = torch.Generator().manual_seed(stream_seed(seed, stream))
         order = torch.randperm(len(self.train), generator=generator)[:need]
         return list(self.train.batches(order, batch_size))
 
@@ -129,7 +129,7 @@ def augment(batches: list[Batch], seed: int, padding: int = 4) -> list[Batch]:
     """The CIFAR training recipe's augmentation (random crop after zero padding, random
     horizontal flip), seeded. Padding is applied to the normalised images with the value a black
     pixel normalises to, as ``transforms.RandomCrop(32, padding=4)`` pads before normalising."""
-    generator = torch.Generator().manual_seed(_stream_seed(seed, "augment"))
+    generator = torch.Generator().manual_seed(stream_seed(seed, "augment"))
     black = (-torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)).view(1, 3, 1, 1)
     out = []
     for x, y in batches:
@@ -145,7 +145,8 @@ def augment(batches: list[Batch], seed: int, padding: int = 4) -> list[Batch]:
     return out
 
 
-def _stream_seed(seed: int, stream: str) -> int:
+def stream_seed(seed: int, stream: str) -> int:
+    """A 63-bit seed for the named use of ``seed``: independent draws per use."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{stream}".encode()).digest()[:8], "little") >> 1
 
 
@@ -318,6 +319,8 @@ class DatasetEntry:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     normalisation: str = ""
+    #: Whether the images are pixels (so calibration can be corrupted in pixel space).
+    pixel_images: bool = True
 
 
 def _cifar10_jpeg_files(root: Path) -> dict[str, tuple[list[Path], list[int]]]:
@@ -388,6 +391,7 @@ for _entry in (
         num_classes=None,
         input_size=None,
         normalisation="none: the images are drawn already standardised",
+        pixel_images=False,
     ),
 ):
     DATASETS.add(_entry.name, _entry)

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from reflow import baselines, paths
+from reflow import baselines, calib_sources, paths
 from reflow.baselines.base import PruneContext, PruneResult
-from reflow.data import Batch, ImageData, augment, load_dataset
+from reflow.data import DATASETS, Batch, ImageData, augment, load_dataset, stream_seed
 from reflow.errors import ReflowError
 from reflow.evaluate import Evaluation, evaluate
 from reflow.masks import (
@@ -364,10 +364,26 @@ def magnitude_masks(setup: Setup, sparsity: float, settings: Settings) -> dict:
 
 
 def calibration_batches(setup: Setup, seed: int, settings: Settings) -> list[Batch]:
+    """The repairs' calibration images: from ``settings.calib_source`` (`reflow.calib_sources`),
+    seeded."""
+    source = settings.calib_source
+    if source == "noise":
+        return calib_sources.noise(
+            settings.calib_batches,
+            settings.calib_batch_size,
+            setup.input_shape,
+            stream_seed(seed, "calibration-noise"),
+        )
     batches = setup.data.train_sample(
         settings.calib_batches, settings.calib_batch_size, seed, "calibration"
     )
-    return augment(batches, seed) if settings.calib_augment else batches
+    if settings.calib_augment:
+        batches = augment(batches, seed)
+    if source.startswith("shifted:"):
+        entry = DATASETS.get(setup.data.name)
+        seed = stream_seed(seed, "corruption")
+        batches = calib_sources.shifted(batches, source, entry.mean, entry.std, seed)
+    return batches
 
 
 def repair_phase(

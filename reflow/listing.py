@@ -4,6 +4,7 @@ and the harness settings, with options, choices and bounds when verbose."""
 from __future__ import annotations
 
 from reflow import baselines
+from reflow.calib_sources import SOURCES
 from reflow.data import DATASETS
 from reflow.executors import EXECUTORS
 from reflow.options import describe_config
@@ -53,6 +54,8 @@ def registered(verbose: bool = False) -> list[str]:
             classes = entry.num_classes or "the model's"
             lines.append(f"      {classes} classes, {size} images")
             lines.append(f"      normalisation: {entry.normalisation}")
+    lines.append("calibration sources (--calib-source):")
+    lines += [f"  {name:<22} {text}" for name, text in SOURCES.items()]
     lines.append("settings (flags of run and prune; keys of [experiment.settings] in sweep files):")
     for f in setting_fields():
         valid = f.metadata["choices"]

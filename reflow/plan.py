@@ -119,6 +119,14 @@ def validate(
             reason = get_entry(model).applies_to(DATASETS.get(dataset))
             if reason:
                 raise ReflowError(reason)
+            for settings in experiment.settings:
+                if settings.calib_source.startswith("shifted:") and not (
+                    DATASETS.get(dataset).pixel_images
+                ):
+                    raise ReflowError(
+                        f"calib_source {settings.calib_source} corrupts pixels, but {dataset} "
+                        "has no pixel images; use a real dataset (cifar10-jpeg) or noise"
+                    )
         for settings in experiment.settings:
             _check_options(experiment.name, grid, settings)
             pattern = settings.parsed_pattern

@@ -12,6 +12,7 @@ re-estimation and a random-init model's weights (checkpoint ``none``) use fixed 
 from __future__ import annotations
 
 from reflow.baselines.base import Method
+from reflow.calib_sources import seed_effect
 from reflow.repairs import Repair
 from reflow.settings import Settings
 
@@ -28,14 +29,21 @@ def method_seed_controls(method: Method | type[Method]) -> list[str]:
     return found
 
 
-def repair_seed_controls(repair: Repair | type[Repair], augment: bool = False) -> list[str]:
-    """What the seed changes in ``repair``."""
+def repair_seed_controls(
+    repair: Repair | type[Repair], augment: bool = False, source: str = "train"
+) -> list[str]:
+    """What the seed changes in ``repair`` (fed from calibration ``source``)."""
     if "calibration" not in repair.needs:
         return []
-    return ["calibration draw" + (" and its augmentation" if augment else "")]
+    if source == "noise":
+        return ["calibration draw (noise images)"]
+    extra = (" and its augmentation" if augment else "") + seed_effect(source)
+    return ["calibration draw" + extra]
 
 
 def seed_controls(method: Method, repair: Repair, settings: Settings) -> str:
     """One row's seed effect, as text: ``"nothing"`` when no draw depends on it."""
-    found = method_seed_controls(method) + repair_seed_controls(repair, settings.calib_augment)
+    found = method_seed_controls(method) + repair_seed_controls(
+        repair, settings.calib_augment, settings.calib_source
+    )
     return ", ".join(found) or "nothing"

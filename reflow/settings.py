@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import Field, dataclass, field, fields
 
+from reflow.calib_sources import check_source
 from reflow.errors import ReflowError
 from reflow.masks import SCOPES, Pattern
 from reflow.options import check, option
@@ -34,6 +35,13 @@ class Settings:
         "augment calibration images as the CIFAR training recipe (random crop with 4 pixels of "
         "zero padding, flip), as the batches the checkpoint's BN statistics came from",
     )
+    calib_source: str = option(
+        "train",
+        "where calibration images come from: train (the train split), shifted:NAME:SEVERITY "
+        "(the train draw through a CIFAR-10-C corruption: gaussian_noise, gaussian_blur, "
+        "contrast, brightness, jpeg; severity 1-5) or noise (standard-normal images); test is "
+        "refused",
+    )
     recalibrate_layers: str = option(
         "all", "normalisation layers a repair works on: all, first:K or last:K"
     )
@@ -60,6 +68,7 @@ class Settings:
         ):
             raise ReflowError(f"options must be a table of tables, got {self.options!r}")
         check(self)
+        check_source(self.calib_source)
         where, _, count = self.recalibrate_layers.partition(":")
         if self.recalibrate_layers != "all" and (
             where not in {"first", "last"} or not count.isdigit()
