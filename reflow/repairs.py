@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from reflow.biascorr import correct_bias
 from reflow.data import Batch
 from reflow.norms import batchnorm_layers, describe_norms, has_affine, norm_layers
 from reflow.options import NoConfig, option
@@ -198,6 +199,45 @@ class StatCorr(Repair):
         names = select_layers(list(norm_layers(model)), ctx.layers)
         correct_statistics(model, ctx.dense_model, batches, names, self.config.min_std)
         return sum(len(x) for x, _ in batches)
+
+
+@dataclass(frozen=True)
+class BiasCorrConfig:
+    source: str = option(
+        "analytic",
+        "E[x] of each pruned layer's input: analytic (the previous BN's β, γ through ReLU, no "
+        "data) or empirical (the dense model's input means on the calibration draw)",
+        choices=("analytic", "empirical"),
+    )
+
+
+@register
+class BiasCorrection(Repair):
+    name = "biascorr"
+    summary = (
+        "bias correction (Nagel et al. 2019): each BN's running mean shifted by (Ŵ − W)·E[x]; "
+        "analytic needs no data, empirical a calibration draw"
+    )
+    needs = frozenset({"dense_model"})
+    Config = BiasCorrConfig
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        if self.config.source == "empirical":  # this configuration reads calibration images
+            self.needs = frozenset({"calibration", "dense_model"})
+
+    def applies_to(self, model: nn.Module) -> str | None:
+        if batchnorm_layers(model):
+            return None
+        return (
+            f"biascorr shifts BatchNorm running means, but {type(model).__name__} has none "
+            f"({describe_norms(model)}); use --repair none or statcorr"
+        )
+
+    def repair(self, model: nn.Module, ctx: RepairContext) -> int:
+        batches = ctx.calibration() if "calibration" in self.needs else None
+        correct_bias(model, ctx.dense_model, self.config.source, batches)
+        return sum(len(x) for x, _ in batches) if batches else 0
 
 
 class CompositeRepair(Repair):
