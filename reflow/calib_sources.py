@@ -9,6 +9,8 @@ can measure a repair fed with scarce, shifted or no real data.
   CIFAR-10-C's. Each is deterministic per seed, and stored as uint8 as CIFAR-10-C stores them.
 - ``noise``: standard-normal images in the normalised space (pixels drawn with the dataset's
   mean and std): the trivial data-free baseline.
+- ``distilled`` (or ``distilled:ITERATIONS``, default 500): images synthesised from the dense
+  model's BatchNorm statistics as ZeroQ does (`reflow.distill`), cached per model and seed.
 
 ``test`` is refused: calibrating on the evaluation split would leak it.
 """
@@ -39,13 +41,20 @@ SOURCES = {
     + ", ".join(SEVERITIES)
     + ", severity 1-5 (0: none), deterministic per seed; the test split stays clean",
     "noise": "standard-normal images in the normalised space (no real data at all)",
+    "distilled[:ITERATIONS]": "images distilled from the dense model's BatchNorm statistics "
+    "(ZeroQ: Adam lr 0.5, 500 iterations by default), cached per model weights and seed; the "
+    "distillation's seconds and losses are recorded in the row",
 }
 
 
 def check_source(source: str) -> None:
     """One line for a source that is not one of `SOURCES`."""
     parts = source.split(":")
-    if source in ("train", "noise"):
+    if source in ("train", "noise", "distilled"):
+        return
+    if parts[0] == "distilled" and len(parts) == 2:
+        if not parts[1].isdigit() or int(parts[1]) < 1:
+            raise ReflowError(f"iterations in calib_source {source!r} must be a positive integer")
         return
     if source == "test":
         raise ReflowError(
@@ -62,8 +71,8 @@ def check_source(source: str) -> None:
             raise ReflowError(f"severity in calib_source {source!r} must be 0-5")
         return
     raise ReflowError(
-        f"calib_source must be train, noise or shifted:NAME:SEVERITY (e.g. "
-        f"shifted:gaussian_noise:3), got {source!r}"
+        f"calib_source must be train, noise, distilled[:ITERATIONS] or shifted:NAME:SEVERITY "
+        f"(e.g. shifted:gaussian_noise:3), got {source!r}"
     )
 
 
@@ -71,6 +80,8 @@ def seed_effect(source: str) -> str:
     """What the seed adds to a repair's calibration draw under ``source``."""
     if source.startswith("shifted:"):
         return " and its corruption"
+    if source.startswith("distilled"):
+        return " (distillation's starting noise)"
     return " (noise images)" if source == "noise" else ""
 
 

@@ -29,6 +29,7 @@ from reflow.errors import ReflowError
 from reflow.evaluate import Evaluation, variance_ratios
 from reflow.harness import (
     Setup,
+    calibration_key,
     dense_evaluation,
     evaluate_phase,
     load_setup,
@@ -267,7 +268,15 @@ def _result_row(
 ) -> dict:
     outcome = outcome_columns(setup, result, ev, dense, calib_samples, timer.seconds)
     seed = {"seed_controls": seed_controls(task.method, spec.repair, task.settings)}
-    return _provenance(task, spec, setup) | outcome | seed | {"seed_copy_of": None, "error": None}
+    key = calibration_key(task.seed, task.settings)
+    facts = setup.calibration_facts.get(key, {}) if calib_samples else {}
+    return (
+        _provenance(task, spec, setup)
+        | outcome
+        | facts
+        | seed
+        | {"seed_copy_of": None, "error": None}
+    )
 
 
 def _structure_columns(setup: Setup, model: torch.nn.Module, result: PruneResult) -> dict:

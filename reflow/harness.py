@@ -26,6 +26,7 @@ from torch import nn
 from reflow import baselines, calib_sources, paths
 from reflow.baselines.base import PruneContext, PruneResult
 from reflow.data import DATASETS, Batch, ImageData, augment, load_dataset, stream_seed
+from reflow.distill import ITERATIONS, distilled_batches
 from reflow.errors import ReflowError
 from reflow.evaluate import Evaluation, evaluate
 from reflow.masks import (
@@ -92,6 +93,9 @@ class Setup:
     searches: OrderedDict[tuple, Search] = field(default_factory=OrderedDict)
     #: Shape of one input (C, H, W) when no zoo entry gives it (`reflow.prune` on any module).
     shape: tuple[int, ...] | None = None
+    #: Facts of generated calibration images (distillation time and loss), by
+    #: `calibration_key`, for the rows that used them.
+    calibration_facts: dict[tuple, dict] = field(default_factory=dict)
 
     @property
     def model(self) -> nn.Module:
@@ -367,6 +371,25 @@ def calibration_batches(setup: Setup, seed: int, settings: Settings) -> list[Bat
     """The repairs' calibration images: from ``settings.calib_source`` (`reflow.calib_sources`),
     seeded."""
     source = settings.calib_source
+    if source.startswith("distilled"):
+        iterations = int(source.partition(":")[2] or ITERATIONS)
+        entry = setup.loaded.entry
+        made = distilled_batches(
+            setup.model,
+            entry.name if entry is not None else type(setup.model).__name__,
+            setup.input_shape,
+            settings.calib_batches,
+            settings.calib_batch_size,
+            stream_seed(seed, "distil"),
+            iterations,
+        )
+        setup.calibration_facts[calibration_key(seed, settings)] = {
+            "calib_distil_seconds": made.seconds,
+            "calib_distil_loss_first": made.loss_first,
+            "calib_distil_loss_last": made.loss_last,
+            "calib_distil_cached": made.cached,
+        }
+        return made.batches
     if source == "noise":
         return calib_sources.noise(
             settings.calib_batches,
@@ -384,6 +407,10 @@ def calibration_batches(setup: Setup, seed: int, settings: Settings) -> list[Bat
         seed = stream_seed(seed, "corruption")
         batches = calib_sources.shifted(batches, source, entry.mean, entry.std, seed)
     return batches
+
+
+def calibration_key(seed: int, settings: Settings) -> tuple:
+    return (seed, settings.calib_source, settings.calib_batches, settings.calib_batch_size)
 
 
 def repair_phase(

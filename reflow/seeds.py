@@ -35,8 +35,8 @@ def repair_seed_controls(
     """What the seed changes in ``repair`` (fed from calibration ``source``)."""
     if "calibration" not in repair.needs:
         return []
-    if source == "noise":
-        return ["calibration draw (noise images)"]
+    if source == "noise" or source.startswith("distilled"):
+        return ["calibration draw" + seed_effect(source)]
     extra = (" and its augmentation" if augment else "") + seed_effect(source)
     return ["calibration draw" + extra]
 
