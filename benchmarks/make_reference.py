@@ -61,13 +61,27 @@ COLUMNS = [
 ]
 
 
+#: Registered methods the references do not hold yet, and why: the gates expect every other one.
+NOT_YET_RECORDED = {
+    "alps": "added after the references were recorded; its rows need a CPU run of the reference "
+    "grid (`python benchmarks/make_reference.py` on a committed tree); checked against its "
+    "reference solver and closed forms in tests/test_alps.py meanwhile",
+    "alps_s": "as alps (one family search)",
+}
+
+
+def recorded_methods() -> tuple[str, ...]:
+    """Every registered method but those `NOT_YET_RECORDED`."""
+    return tuple(m for m in list_methods() if m not in NOT_YET_RECORDED)
+
+
 def reference_grid(
     methods: tuple[str, ...] | None = None, sparsities: tuple[float, ...] = SPARSITIES
 ) -> Grid:
     return Grid(
         ("resnet20",),
         ("cifar10-jpeg",),
-        methods or tuple(list_methods()),
+        methods or recorded_methods(),
         REPAIRS,
         sparsities,
         (0,),
@@ -97,7 +111,7 @@ class Reference:
     dataset: str = "cifar10-jpeg"
 
     def experiments(self) -> list[Experiment]:
-        return cut(self.sweep(), SPARSITIES, self.methods)
+        return cut(self.sweep(), SPARSITIES, self.methods or recorded_methods())
 
     @property
     def path(self) -> Path:

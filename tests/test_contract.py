@@ -33,6 +33,8 @@ FAST = {
     "sparsegpt": {"samples": "16", "batch_size": "8"},
     "sparsegpt_s": {"samples": "16", "batch_size": "8"},
     "wanda": {"samples": "16", "batch_size": "8"},
+    "alps": {"samples": "16", "batch_size": "8", "max_iter": "30"},
+    "alps_s": {"samples": "16", "batch_size": "8", "max_iter": "30"},
 }
 
 
