@@ -17,7 +17,6 @@ The (layer → BN) and (BN → ReLU → layer) links are read from a torch.fx tr
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +26,7 @@ from torch import nn
 
 from reflow.data import Batch
 from reflow.errors import ReflowError
+from reflow.statcorr import output_moments
 
 WEIGHTED = (nn.Conv2d, nn.Linear)
 
@@ -111,37 +111,6 @@ def output_shift(dense: nn.Module, pruned: nn.Module, input_mean: torch.Tensor) 
 
 
 @torch.no_grad()
-def input_means(
-    model: nn.Module, names: list[str], batches: Iterable[Batch], device: torch.device
-) -> dict[str, torch.Tensor]:
-    """Per-channel mean of each named layer's input over ``batches`` (eval mode)."""
-    modules = dict(model.named_modules())
-    sums: dict[str, torch.Tensor] = {}
-    counts = dict.fromkeys(names, 0)
-
-    def hook(name: str):
-        def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            x = inputs[0].detach().double()
-            dims = [0, *range(2, x.dim())]
-            sums[name] = sums.get(name, 0) + x.sum(dim=dims)
-            counts[name] += x.numel() // x.shape[1]
-
-        return record
-
-    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
-    training = model.training
-    try:
-        model.eval()
-        for x, _ in batches:
-            model(x.to(device))
-    finally:
-        model.train(training)
-        for h in handles:
-            h.remove()
-    return {n: (sums[n] / counts[n]).float() for n in names if counts[n]}
-
-
-@torch.no_grad()
 def correct_bias(
     pruned: nn.Module,
     dense: nn.Module,
@@ -162,7 +131,9 @@ def correct_bias(
         if batches is None:
             raise ReflowError("empirical bias correction needs calibration batches")
         device = next(dense.parameters()).device
-        means = input_means(dense, [link.layer for link in changed], batches, device)
+        names = [link.layer for link in changed]
+        moments = output_moments(dense, batches, names, device, inputs=True)
+        means = {n: m.mean.float() for n, m in moments.items() if m.mean is not None}
     else:
         means = {}
         for link in changed:

@@ -56,19 +56,28 @@ class ChannelMoments:
 
 @torch.no_grad()
 def output_moments(
-    model: nn.Module, batches: Iterable[Batch], names: list[str], device: torch.device
+    model: nn.Module,
+    batches: Iterable[Batch],
+    names: list[str],
+    device: torch.device,
+    inputs: bool = False,
 ) -> dict[str, ChannelMoments]:
-    """Per-channel output moments of the layers ``names`` over ``batches`` (eval mode)."""
-    layers = norm_layers(model)
+    """Per-channel moments of the outputs (or, with ``inputs``, the first inputs, channels on
+    axis 1) of the modules ``names`` over ``batches`` (eval mode)."""
+    modules = dict(model.named_modules())
     moments = {n: ChannelMoments() for n in names}
 
     def hook(name: str):
-        def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            moments[name].add(output, reduce_dims(module, output))
+        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            if inputs:
+                x = args[0]
+                moments[name].add(x, (0, *range(2, x.dim())))
+            else:
+                moments[name].add(output, reduce_dims(module, output))
 
         return record
 
-    handles = [layers[n].register_forward_hook(hook(n)) for n in names]
+    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
     was_training = model.training
     try:
         model.eval()
