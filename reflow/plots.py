@@ -18,6 +18,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from reflow.baselines import list_methods
+from reflow.errors import ReflowError
+from reflow.ranking import rank_methods
 from reflow.stats import accuracy_variance
 from reflow.tables import DEFAULTS, column_label, expand_config, variant, with_defaults
 from reflow.verdicts import examples_of
@@ -434,9 +436,6 @@ def critical_difference(probes: pd.DataFrame, results: pd.DataFrame, out: Path) 
     """Demšar's critical-difference diagram: mean rank of each method+repair over the blocks
     (sparsities; checkpoints and datasets), pairs the Nemenyi test cannot separate joined by a
     bar (needs scikit-posthocs: pip install -e ".[stats]")."""
-    from reflow.errors import ReflowError
-    from reflow.ranking import rank_methods
-
     try:
         ranking = rank_methods(with_defaults(results))
     except ReflowError:
