@@ -61,24 +61,37 @@ class Resampler:
         #: (resamples, n): how often each example is drawn, divided by n (rows sum to 1).
         self.weights = counts.astype(np.float32) / np.float32(n)
 
-    def means(self, values: np.ndarray) -> np.ndarray:
-        """Bootstrap distribution (resamples,) of the mean of ``values`` (seeds, n): examples
-        resampled with the shared indices, then seeds resampled with replacement."""
+    def per_seed(self, values: np.ndarray) -> np.ndarray:
+        """(rows, resamples): each row's mean over the resampled examples. One matrix product
+        for any number of rows (a table's rows at once cost about what one row costs)."""
         values = np.atleast_2d(np.asarray(values, dtype=np.float32))
         if values.shape[1] != self.n:
             raise ReflowError(f"values cover {values.shape[1]} examples, resampler {self.n}")
-        per_seed = (values @ self.weights.T).astype(np.float64)  # (seeds, resamples)
-        seeds = values.shape[0]
+        return (values @ self.weights.T).astype(np.float64)
+
+    def mix(self, per_seed: np.ndarray) -> np.ndarray:
+        """Bootstrap distribution (resamples,) of the mean over seeds, the seeds (rows of
+        ``per_seed``) resampled with replacement."""
+        seeds = per_seed.shape[0]
         if seeds == 1:
             return per_seed[0]
         chosen = self.rng.integers(0, seeds, size=(self.resamples, seeds))
         return np.take_along_axis(per_seed.T, chosen, axis=1).mean(axis=1)
 
+    def means(self, values: np.ndarray) -> np.ndarray:
+        """Bootstrap distribution (resamples,) of the mean of ``values`` (seeds, n): examples
+        resampled with the shared indices, then seeds resampled with replacement."""
+        return self.mix(self.per_seed(values))
+
     def interval(self, values: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
         """Percentile interval of the mean of ``values`` (seeds, n)."""
-        tail = 100 * (1 - level) / 2
-        low, high = np.percentile(self.means(values), [tail, 100 - tail])
-        return float(low), float(high)
+        return percentile_interval(self.means(values), level)
+
+
+def percentile_interval(distribution: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(distribution, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 @dataclass(frozen=True)
@@ -119,16 +132,23 @@ def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> tuple[int, int, flo
 
 
 def compare(
-    a_correct: np.ndarray, b_correct: np.ndarray, resampler: Resampler, level: float = LEVEL
+    a_correct: np.ndarray,
+    b_correct: np.ndarray,
+    resampler: Resampler,
+    level: float = LEVEL,
+    per_seed: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Comparison:
     """Paired comparison of two cells, their per-example correctness as (seeds, n) arrays whose
-    rows are the same seeds in the same order."""
+    rows are the same seeds in the same order; ``per_seed`` passes their rows' resampled means
+    when a table computed them already (`Resampler.per_seed`)."""
     a = np.atleast_2d(a_correct).astype(np.float32)
     b = np.atleast_2d(b_correct).astype(np.float32)
     if a.shape != b.shape:
         raise ReflowError(f"cells to compare differ in shape: {a.shape} and {b.shape}")
     difference = a - b
-    low, high = resampler.interval(difference, level)
+    if per_seed is None:
+        per_seed = (resampler.per_seed(a), resampler.per_seed(b))
+    low, high = percentile_interval(resampler.mix(per_seed[0] - per_seed[1]), level)
     a_only, b_only, p = mcnemar(a_correct, b_correct)
     return Comparison(
         100 * float(difference.mean()), 100 * low, 100 * high, a_only, b_only, p, a.shape[0]

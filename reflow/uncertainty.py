@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from reflow.outcomes import Outcomes
-from reflow.stats import RESAMPLES, Comparison, Resampler, compare, holm
+from reflow.stats import RESAMPLES, Comparison, Resampler, compare, holm, percentile_interval
 
 ALPHA = 0.05
 
@@ -27,9 +27,14 @@ class CellOutcomes:
 
     eval_order: str
     by_seed: dict[int, np.ndarray]
+    #: Per seed, its mean over each bootstrap resample of the examples (`resample_cells`).
+    resampled: dict[int, np.ndarray] | None = None
 
     def stacked(self, seeds: list[int]) -> np.ndarray:
         return np.stack([self.by_seed[s] for s in seeds])
+
+    def per_seed(self, seeds: list[int]) -> np.ndarray | None:
+        return np.stack([self.resampled[s] for s in seeds]) if self.resampled else None
 
 
 def cell_outcomes(rows: pd.DataFrame, outcomes: Mapping[str, Outcomes]) -> CellOutcomes | None:
@@ -59,13 +64,29 @@ class Resamplers:
         return self._by_n[n]
 
 
+def resample_cells(cells: list[CellOutcomes], resamplers: Resamplers) -> None:
+    """Fill each cell's per-seed resampled means: one matrix product per example count for the
+    whole table, rather than one per cell and per comparison."""
+    by_n: dict[int, list[tuple[CellOutcomes, int]]] = {}
+    for cell in cells:
+        for seed, correct in cell.by_seed.items():
+            by_n.setdefault(len(correct), []).append((cell, seed))
+    for n, members in by_n.items():
+        matrix = np.stack([cell.by_seed[seed] for cell, seed in members]).astype(np.float32)
+        means = resamplers(n).per_seed(matrix)
+        for (cell, seed), row in zip(members, means, strict=True):
+            cell.resampled = (cell.resampled or {}) | {seed: row}
+
+
 def paired(a: CellOutcomes, b: CellOutcomes, resamplers: Resamplers) -> Comparison | None:
     """A − B on their common seeds, or None when they share no seed or no example order."""
     seeds = sorted(set(a.by_seed) & set(b.by_seed))
     if not seeds or a.eval_order != b.eval_order:
         return None
     left, right = a.stacked(seeds), b.stacked(seeds)
-    return compare(left, right, resamplers(left.shape[1]))
+    pa, pb = a.per_seed(seeds), b.per_seed(seeds)
+    cached = (pa, pb) if pa is not None and pb is not None else None
+    return compare(left, right, resamplers(left.shape[1]), per_seed=cached)
 
 
 @dataclass
@@ -96,11 +117,13 @@ def table_uncertainty(
     found: dict[tuple, CellOutcomes] = {}
     for (sparsity, column), rows in cells.groupby(["sparsity", "column"], sort=False):
         cell = cell_outcomes(rows.sort_values("seed"), outcomes)
-        if cell is None or column not in mean.columns:
-            continue
-        found[sparsity, column] = cell
-        values = cell.stacked(sorted(cell.by_seed))
-        lo, hi = resamplers(values.shape[1]).interval(values)
+        if cell is not None and column in mean.columns:
+            found[sparsity, column] = cell
+    resample_cells(list(found.values()), resamplers)
+    for (sparsity, column), cell in found.items():
+        seeds = sorted(cell.by_seed)
+        resampler = resamplers(len(cell.by_seed[seeds[0]]))
+        lo, hi = percentile_interval(resampler.mix(cell.per_seed(seeds)))
         low.loc[sparsity, column], high.loc[sparsity, column] = 100 * lo, 100 * hi
     tests: list[tuple[tuple, Comparison]] = []
     for sparsity, row in mean.iterrows():
