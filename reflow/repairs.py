@@ -30,7 +30,7 @@ from torch import nn
 from reflow.biascorr import correct_bias
 from reflow.data import Batch
 from reflow.norms import batchnorm_layers, describe_norms, has_affine, norm_layers
-from reflow.options import NoConfig, option
+from reflow.options import NoConfig, check, option
 from reflow.recalibrate import recalibrate_bn, select_layers
 from reflow.registry import Registry, missing_requirements
 from reflow.statcorr import correct_statistics
@@ -209,6 +209,9 @@ class BiasCorrConfig:
         "data) or empirical (the dense model's input means on the calibration draw)",
         choices=("analytic", "empirical"),
     )
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 @register
