@@ -123,5 +123,5 @@ def test_model_without_batchnorm_is_a_clear_error() -> None:
 
 
 def test_unknown_repair_lists_valid(tiny_model: nn.Module) -> None:
-    with pytest.raises(ReflowError, match="valid repairs: adabn, bnt, none, reflow, reflow"):
+    with pytest.raises(ReflowError, match=r"valid repairs: adabn, .*bnt, none, reflow, reflow"):
         apply_repair("magic", tiny_model, [])
