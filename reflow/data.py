@@ -8,6 +8,7 @@ evaluation uses the full test split.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -99,10 +100,15 @@ class ImageData:
     num_classes: int
     root: Path | None
 
+    @functools.cached_property
+    def _test_order(self) -> torch.Tensor:
+        return torch.randperm(len(self.test), generator=torch.Generator().manual_seed(0))
+
     def test_order(self) -> torch.Tensor:
         """The fixed shuffled order the test split is evaluated in, so any prefix mixes the
-        classes (its identity is stored with each row's per-example outcomes)."""
-        return torch.randperm(len(self.test), generator=torch.Generator().manual_seed(0))
+        classes (its identity is stored with each row's per-example outcomes); drawn once per
+        dataset, not once per evaluated row."""
+        return self._test_order
 
     def test_batches(self, batch_size: int = 500) -> Iterator[Batch]:
         """The whole test split in `test_order`."""

@@ -119,14 +119,6 @@ def validate(
             reason = get_entry(model).applies_to(DATASETS.get(dataset))
             if reason:
                 raise ReflowError(reason)
-            for settings in experiment.settings:
-                if settings.calib_source.startswith("shifted:") and not (
-                    DATASETS.get(dataset).pixel_images
-                ):
-                    raise ReflowError(
-                        f"calib_source {settings.calib_source} corrupts pixels, but {dataset} "
-                        "has no pixel images; use a real dataset (cifar10-jpeg) or noise"
-                    )
         for settings in experiment.settings:
             _check_options(experiment.name, grid, settings)
             pattern = settings.parsed_pattern
@@ -147,7 +139,13 @@ def validate(
 def _check_calibration(
     grid: Grid, settings: Settings, dataset: str, sizes: dict[str, int] | None
 ) -> None:
-    """Repairs draw calib_batches × calib_batch_size distinct train images: enough must exist."""
+    """Repairs draw calib_batches × calib_batch_size distinct train images: enough must exist,
+    with pixels where the source corrupts them."""
+    if settings.calib_source.startswith("shifted:") and not DATASETS.get(dataset).pixel_images:
+        raise ReflowError(
+            f"calib_source {settings.calib_source} corrupts pixels, but {dataset} has no pixel "
+            "images; use a real dataset (cifar10-jpeg) or noise"
+        )
     need = settings.calib_batches * settings.calib_batch_size
     if not sizes or need <= sizes["train"]:
         return

@@ -95,6 +95,17 @@ class NoRepair(Repair):
         return 0
 
 
+def without_batchnorm(model: nn.Module, what: str) -> str | None:
+    """The refusal of a repair that works on BatchNorm running statistics (``what`` it does),
+    for a model that has none; None when it has some."""
+    if batchnorm_layers(model):
+        return None
+    return (
+        f"{what}, but {type(model).__name__} has none ({describe_norms(model)}); use --repair "
+        "none or statcorr"
+    )
+
+
 class BatchNormRecalibration(Repair):
     """Re-estimate BatchNorm running statistics on calibration batches; no weight changes."""
 
@@ -106,12 +117,7 @@ class BatchNormRecalibration(Repair):
     keeps: ClassVar[str] = ""
 
     def applies_to(self, model: nn.Module) -> str | None:
-        if batchnorm_layers(model):
-            return None
-        return (
-            f"{self.name} re-estimates BatchNorm running statistics, but {type(model).__name__} "
-            f"has none ({describe_norms(model)}); use --repair none or statcorr"
-        )
+        return without_batchnorm(model, f"{self.name} re-estimates BatchNorm running statistics")
 
     def layer_count(self, model: nn.Module) -> int | None:
         return len(batchnorm_layers(model))
@@ -230,12 +236,7 @@ class BiasCorrection(Repair):
             self.needs = frozenset({"calibration", "dense_model"})
 
     def applies_to(self, model: nn.Module) -> str | None:
-        if batchnorm_layers(model):
-            return None
-        return (
-            f"biascorr shifts BatchNorm running means, but {type(model).__name__} has none "
-            f"({describe_norms(model)}); use --repair none or statcorr"
-        )
+        return without_batchnorm(model, "biascorr shifts BatchNorm running means")
 
     def repair(self, model: nn.Module, ctx: RepairContext) -> int:
         batches = ctx.calibration() if "calibration" in self.needs else None
