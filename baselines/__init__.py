@@ -10,7 +10,7 @@ from reflow.baselines import magnitude, min_threshold, random_pruning  # noqa: F
 from reflow.baselines import second_order, snip  # noqa: F401
 from reflow.baselines import mfac, chita, cbs  # noqa: F401
 from reflow.baselines import obc, sparsegpt, wanda, alps  # noqa: F401
-from reflow.baselines import structured  # noqa: F401
+from reflow.baselines import structured, osscar  # noqa: F401
 
 # isort: on
 from reflow.baselines.base import Method, NoConfig, PruneContext, PruneResult, option

@@ -88,12 +88,7 @@ class _Structured(Method):
 
         work = copy.deepcopy(model)
         params = prunable_parameters(work, ctx.scope)
-        masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
-        # keyed by module: Torch-Pruning replaces a weight Parameter each time it prunes it
-        modules = dict(work.named_modules())
-        layers = {id(modules[n.rsplit(".", 1)[0] if "." in n else ""]): n for n in params}
-        norms = {id(m): m for m in norm_layers(work).values() if has_affine(m)}
-        removed: dict[int, set[int]] = {}
+        removal = ChannelRemoval(work, params)
         if ratio > 0:
             pruner = tp.pruner.MetaPruner(
                 work,
@@ -105,18 +100,8 @@ class _Structured(Method):
                 ignored_layers=ignored_layers(work, params),
             )
             for group in pruner.step(interactive=True):
-                for dep, idxs in group:
-                    module = dep.target.module
-                    if id(module) in norms:
-                        removed.setdefault(id(module), set()).update(int(i) for i in idxs)
-                    name = layers.get(id(module))
-                    if name is None:
-                        continue
-                    _mark(masks[name], module, dep.handler.__name__, list(idxs))
-                group.prune()
-        for key, gone in removed.items():
-            mark_kept_channels(norms[key], gone)
-        return work, masks
+                removal.prune(group)
+        return work, removal.masks()
 
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> PruneResult:
         example = torch.zeros(1, *ctx.input_shape, device=ctx.device)
@@ -137,7 +122,37 @@ class _Structured(Method):
         return PruneResult(masks, {"channel_sparsity_gap": achieved - sparsity}, model=work)
 
 
-def _mark(mask: torch.Tensor, module: nn.Module, handler: str, idxs: list[int]) -> None:
+class ChannelRemoval:
+    """Prunes Torch-Pruning groups of one network in place and records what went: the masks of
+    the scope's weights in the original coordinates, and the dense channels every shrunk norm
+    layer kept. Each layer's channels must be pruned at most once (indices are original)."""
+
+    def __init__(self, work: nn.Module, params: dict[str, nn.Parameter]) -> None:
+        self._masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
+        # keyed by module: Torch-Pruning replaces a weight Parameter each time it prunes it
+        modules = dict(work.named_modules())
+        self._layers = {id(modules[n.rsplit(".", 1)[0] if "." in n else ""]): n for n in params}
+        self._norms = {id(m): m for m in norm_layers(work).values() if has_affine(m)}
+        self._removed: dict[int, set[int]] = {}
+
+    def prune(self, group: object) -> None:
+        for dep, idxs in group:
+            module = dep.target.module
+            if id(module) in self._norms:
+                self._removed.setdefault(id(module), set()).update(int(i) for i in idxs)
+            name = self._layers.get(id(module))
+            if name is not None:
+                mark_removed(self._masks[name], module, dep.handler.__name__, list(idxs))
+        group.prune()
+
+    def masks(self) -> Masks:
+        """The masks; marks the norm layers (call once, after the last group)."""
+        for key, gone in self._removed.items():
+            mark_kept_channels(self._norms[key], gone)
+        return self._masks
+
+
+def mark_removed(mask: torch.Tensor, module: nn.Module, handler: str, idxs: list[int]) -> None:
     """Record removed channels of ``module`` in its weight's mask (original coordinates)."""
     depthwise = isinstance(module, nn.Conv2d) and module.groups == module.in_channels > 1
     if handler == "prune_out_channels" or (handler == "prune_in_channels" and depthwise):

@@ -35,6 +35,7 @@ FAST = {
     "wanda": {"samples": "16", "batch_size": "8"},
     "alps": {"samples": "16", "batch_size": "8", "max_iter": "30"},
     "alps_s": {"samples": "16", "batch_size": "8", "max_iter": "30"},
+    "osscar": {"samples": "16", "batch_size": "8"},
 }
 
 
