@@ -9,7 +9,7 @@ Each module registers its methods; add a new method by writing a module and impo
 from reflow.baselines import magnitude, min_threshold, random_pruning  # noqa: F401
 from reflow.baselines import second_order, snip  # noqa: F401
 from reflow.baselines import mfac, chita, cbs  # noqa: F401
-from reflow.baselines import obc, sparsegpt, wanda, alps  # noqa: F401
+from reflow.baselines import obc, sparsegpt, wanda, alps, snows  # noqa: F401
 from reflow.baselines import structured, osscar  # noqa: F401
 
 # isort: on

@@ -36,6 +36,13 @@ FAST = {
     "alps": {"samples": "16", "batch_size": "8", "max_iter": "30"},
     "alps_s": {"samples": "16", "batch_size": "8", "max_iter": "30"},
     "osscar": {"samples": "16", "batch_size": "8"},
+    "snows": {
+        "samples": "16",
+        "batch_size": "8",
+        "k_step": "2",
+        "cg_iter": "5",
+        "newton_steps": "1",
+    },
 }
 
 

@@ -18,8 +18,8 @@ from reflow.baselines.osscar_solver import (
     local_search,
     objective,
     refit,
-    remove_channels,
     removal_costs,
+    remove_channels,
 )
 from torch import nn
 
