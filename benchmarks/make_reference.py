@@ -67,6 +67,11 @@ NOT_YET_RECORDED = {
     "grid (`python benchmarks/make_reference.py` on a committed tree); checked against its "
     "reference solver and closed forms in tests/test_alps.py meanwhile",
     "alps_s": "as alps (one family search)",
+    "osscar": "added after the references were recorded (as alps); checked against its reference "
+    "solver and brute force in tests/test_osscar.py and gated in test_frontier_gates.py",
+    "snows": "added after the references were recorded (as alps); its reference-default rows are "
+    "GPU work (configs/paper/frontier.toml); checked against closed forms in tests/test_snows.py "
+    "and gated in test_frontier_gates.py",
 }
 
 

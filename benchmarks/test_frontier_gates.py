@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from asv_suite.common import ASV_METHOD_OPTIONS
 from test_reference_gates import GATE_SPARSITIES
 
 from reflow.grid import Grid
@@ -22,9 +23,8 @@ from reflow.settings import Settings
 
 pytestmark = [pytest.mark.accuracy, pytest.mark.slow]
 
-#: SNOWS on this 2-core CPU (configs/paper/frontier.toml, frontier-snows-cpu).
-SNOWS_CPU = {"k_step": "8", "batch_size": "128", "samples": "256", "newton_steps": "1"}
-SNOWS_CPU |= {"cg_iter": "50"}
+#: SNOWS on a 2-core CPU (as configs/paper/frontier.toml's frontier-snows-cpu).
+SNOWS_CPU = ASV_METHOD_OPTIONS["snows"]
 DENSE_INPUTS = {"alps": {"inputs": "dense"}, "sparsegpt": {"inputs": "dense"}}
 
 
