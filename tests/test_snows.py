@@ -166,3 +166,19 @@ def test_snows_starts_from_another_methods_mask() -> None:
     assert all(torch.equal(masks[n], drawn[n]) for n in masks)
     with pytest.raises(baselines.base.ReflowError, match="removes whole channels"):
         baselines.get_method("snows", {"mask": "l1_channel"})
+
+
+def test_snows_keeps_an_n_m_pattern() -> None:
+    from reflow.masks import Pattern, follows_pattern
+
+    net = _small_cnn()
+    ctx = _image_ctx()
+    ctx.pattern = Pattern(2, 4)
+    pruned = copy.deepcopy(net)
+    result = baselines.get_method("snows", FAST).prune(pruned, 0.5, ctx)
+    assert follows_pattern(result.masks, ctx.pattern)
+    assert not result.masks["3.weight"].all()  # the 8-input conv follows 2:4
+    for name, p in pruned.named_parameters():
+        if name in result.masks:
+            assert not p[~result.masks[name]].any()
+    assert result.info["kstep_loss"] < result.info["kstep_loss_masked"]
