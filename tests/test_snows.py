@@ -148,7 +148,7 @@ def test_the_mp_mask_caps_every_layer() -> None:
     assert sparsity_of(masks).sparsity == pytest.approx(0.6, abs=1e-3)
     densities = {n: float(m.float().mean()) for n, m in masks.items()}
     assert min(densities.values()) >= 0.3 - 1e-9
-    with pytest.raises(baselines.base.ReflowError, match="cannot reach sparsity 0.75"):
+    with pytest.raises(baselines.base.ReflowError, match=r"cannot reach sparsity 0\.75"):
         method.start_masks(net, 0.75, _image_ctx())  # every layer at most 70%: refused
     uncapped = baselines.get_method("snows", {**FAST, "layer_cap": "1.0"})
     assert torch.equal(
