@@ -230,6 +230,18 @@ def capture(
         model.train(was_training)
 
 
+def exactly(
+    sample: Callable[[int, int], list[Batch]], samples: int, batch_size: int
+) -> list[Batch]:
+    """``samples`` calibration images in batches of ``batch_size`` (the last one cut short)."""
+    batches = sample(-(-samples // batch_size), batch_size)
+    excess = len(batches) * batch_size - samples
+    if excess:
+        x, y = batches[-1]
+        batches[-1] = (x[: len(x) - excess], y[: len(y) - excess])
+    return batches
+
+
 def layer_targets(
     params: dict[str, nn.Parameter], sparsity: float, allocation: str
 ) -> dict[str, float]:
@@ -336,11 +348,7 @@ class LayerwiseMethod(Method):
         original = {n: p.detach().clone() for n, p in params.items()}
         sample = ctx.require_activation_sample(self.name)
         with ctx.timer.phase("collect"):
-            batches = sample(-(-cfg.samples // cfg.batch_size), cfg.batch_size)
-            excess = len(batches) * cfg.batch_size - cfg.samples
-            if excess:
-                x, y = batches[-1]
-                batches[-1] = (x[: len(x) - excess], y[: len(y) - excess])
+            batches = exactly(sample, cfg.samples, cfg.batch_size)
         targets = layer_targets(params, sparsity, cfg.allocation)
         masks: dict[str, torch.Tensor] = {}
         layer_info: dict[str, dict[str, float]] = {}

@@ -35,6 +35,7 @@ from reflow.baselines.base import Method, PruneContext, PruneResult, option
 from reflow.baselines.layerwise import (
     LayerHessian,
     capture,
+    exactly,
     execution_order,
     groups_of,
     hessians_need,
@@ -208,11 +209,7 @@ class OSSCAR(Method):
         modules = prunable_modules(work, params)
         counts = channel_counts(groups, params, modules, sparsity, cfg.max_layer_ratio)
         with ctx.timer.phase("collect"):
-            batches = sample(-(-cfg.samples // cfg.batch_size), cfg.batch_size)
-            excess = len(batches) * cfg.batch_size - cfg.samples
-            if excess:
-                x, y = batches[-1]
-                batches[-1] = (x[: len(x) - excess], y[: len(y) - excess])
+            batches = exactly(sample, cfg.samples, cfg.batch_size)
         plans, layer_info = [], {}
         for group, remove in zip(groups, counts, strict=True):
             if remove == 0:

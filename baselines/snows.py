@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from reflow.baselines.base import Method, PruneContext, PruneResult, option
 from reflow.baselines.layerwise import (
+    exactly,
     execution_order,
     groups_of,
     input_columns,
@@ -278,11 +279,7 @@ class SNOWS(Method):
         with ctx.timer.phase("select"):
             masks = self.start_masks(model, sparsity, ctx)
         with ctx.timer.phase("collect"):
-            batches = sample(-(-cfg.samples // cfg.batch_size), cfg.batch_size)
-            excess = len(batches) * cfg.batch_size - cfg.samples
-            if excess:
-                x, y = batches[-1]
-                batches[-1] = (x[: len(x) - excess], y[: len(y) - excess])
+            batches = exactly(sample, cfg.samples, cfg.batch_size)
         dense = copy.deepcopy(model).eval()
         was_training = model.training
         model.eval()
