@@ -9,14 +9,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 from reflow.baselines.base import Method, PruneContext, PruneResult, option
 from reflow.baselines.magnitude import magnitude_scores
 from reflow.baselines.registry import register
 from torch import nn
 
-from reflow.errors import ReflowError
-from reflow.masks import count_to_prune, global_masks
+from reflow.masks import global_masks_keeping
 from reflow.options import check
 
 
@@ -48,18 +46,15 @@ class MinThresholdMagnitude(Method):
             scores = magnitude_scores(model, ctx)
             total = sum(s.numel() for s in scores.values())
             protected = {n: minimum_kept(s.numel(), self.config) for n, s in scores.items()}
-            prunable = total - sum(protected.values())
-            if count_to_prune(total, sparsity) > prunable:
-                kept = sum(protected.values())
-                raise ReflowError(
-                    f"mp_mt cannot reach sparsity {sparsity} while keeping {kept} "
-                    f"of {total} weights as layer minimums (at most {prunable / total:.4f} is "
-                    "possible); lower mp_mt.min_density / mp_mt.min_count or the sparsity"
-                )
-            for name, s in scores.items():
-                flat = s.reshape(-1).clone()
-                if protected[name]:
-                    flat[torch.topk(flat, protected[name]).indices] = torch.inf
-                scores[name] = flat.view_as(s)
-            masks = global_masks(scores, sparsity)
+            kept = sum(protected.values())
+            masks = global_masks_keeping(
+                scores,
+                sparsity,
+                protected,
+                lambda most: (
+                    f"mp_mt cannot reach sparsity {sparsity} while keeping {kept} of {total} "
+                    f"weights as layer minimums (at most {most:.4f} is possible); lower "
+                    "mp_mt.min_density / mp_mt.min_count or the sparsity"
+                ),
+            )
         return PruneResult(masks, {"protected_weights": sum(protected.values())})

@@ -52,13 +52,14 @@ from reflow.baselines.layerwise import (
     prunable_modules,
     weight_rows,
 )
+from reflow.baselines.magnitude import magnitude_scores
 from reflow.baselines.registry import get_method, register
 from reflow.baselines.spd import support_solve
 from torch import nn
 
 from reflow.data import Batch
 from reflow.errors import ReflowError
-from reflow.masks import Masks, count_to_prune, global_masks
+from reflow.masks import Masks, global_masks_keeping
 from reflow.options import check
 
 
@@ -252,26 +253,20 @@ class SNOWS(Method):
     def start_masks(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> Masks:
         if self.selector is not None:
             return self.selector.prune(copy.deepcopy(model), sparsity, ctx).masks
-        params = ctx.prunable(model)
+        scores = magnitude_scores(model, ctx)
         if ctx.pattern is not None:
-            return ctx.select({n: p.detach().abs() for n, p in params.items()}, sparsity)
+            return ctx.select(scores, sparsity)
         cap = self.config.layer_cap
-        protected = {n: p.numel() - round(cap * p.numel()) for n, p in params.items()}
-        total = sum(p.numel() for p in params.values())
-        if count_to_prune(total, sparsity) > total - sum(protected.values()):
-            reachable = 1 - sum(protected.values()) / total
-            raise ReflowError(
+        return global_masks_keeping(
+            scores,
+            sparsity,
+            {n: s.numel() - round(cap * s.numel()) for n, s in scores.items()},
+            lambda most: (
                 f"snows cannot reach sparsity {sparsity} with snows.layer_cap={cap} (no layer "
-                f"loses more than {cap:.0%} of its weights: at most {reachable:.4f}); raise "
+                f"loses more than {cap:.0%} of its weights: at most {most:.4f}); raise "
                 "snows.layer_cap or lower the sparsity"
-            )
-        scores = {}
-        for name, p in params.items():
-            flat = p.detach().abs().reshape(-1).clone()
-            if protected[name]:
-                flat[torch.topk(flat, protected[name]).indices] = torch.inf
-            scores[name] = flat.view_as(p)
-        return global_masks(scores, sparsity)
+            ),
+        )
 
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> PruneResult:
         cfg = self.config

@@ -14,7 +14,7 @@ Achieved sparsity is always stated against the prunable weights of the scope.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -97,6 +97,28 @@ def global_masks(scores: Mapping[str, torch.Tensor], sparsity: float) -> Masks:
         name: part.view_as(scores[name])
         for name, part in zip(scores, keep.split(sizes), strict=True)
     }
+
+
+def global_masks_keeping(
+    scores: Mapping[str, torch.Tensor],
+    sparsity: float,
+    protected: Mapping[str, int],
+    refusal: Callable[[float], str],
+) -> Masks:
+    """`global_masks` that keep at least ``protected[name]`` of every layer's highest scores (a
+    per-layer minimum, or a per-layer cap on what is removed). A sparsity that cannot be reached
+    with them kept raises ``refusal(most reachable sparsity)`` before any mask is drawn."""
+    total = sum(s.numel() for s in scores.values())
+    prunable = total - sum(protected.values())
+    if count_to_prune(total, sparsity) > prunable:
+        raise ReflowError(refusal(prunable / total))
+    kept = {}
+    for name, s in scores.items():
+        flat = s.reshape(-1).clone()
+        if protected[name]:
+            flat[torch.topk(flat, protected[name]).indices] = torch.inf
+        kept[name] = flat.view_as(s)
+    return global_masks(kept, sparsity)
 
 
 @dataclass(frozen=True)
