@@ -127,12 +127,10 @@ class Window:
         self.layer = modules[layer]
         self.block = modules[block] if block else None
         self.weighted = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-        self.block_input: torch.Tensor | None = None
         self.outputs: list[torch.Tensor] = []
 
     def run(self, x: torch.Tensor, block_input: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """The window's outputs for images ``x`` (with the block fed ``block_input`` if given);
-        sets ``self.block_input`` to what the block received."""
+        """The window's outputs for images ``x`` (with the block fed ``block_input`` if given)."""
         self.outputs, seen, started = [], set(), [False]
 
         def note(tensor: torch.Tensor) -> None:
@@ -152,13 +150,12 @@ class Window:
             if len(self.outputs) >= self.k:
                 raise _Stop
 
-        def swap(module: nn.Module, args: tuple) -> tuple | None:
-            self.block_input = args[0]
-            return None if block_input is None else (block_input, *args[1:])
+        def swap(module: nn.Module, args: tuple) -> tuple:
+            return (block_input, *args[1:])
 
         handles = [m.register_forward_pre_hook(before) for m in self.weighted]
         handles += [m.register_forward_hook(after) for m in self.weighted]
-        if self.block is not None:
+        if self.block is not None and block_input is not None:
             handles.append(self.block.register_forward_pre_hook(swap))
         try:
             with suppress(_Stop):
@@ -166,14 +163,25 @@ class Window:
         finally:
             for h in handles:
                 h.remove()
-        if self.block is None:
-            self.block_input = x
         return self.outputs
 
 
-def _block_input(window: Window, x: torch.Tensor) -> torch.Tensor:
-    window.run(x)
-    return window.block_input
+@torch.no_grad()
+def input_of(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What ``module`` receives when ``model`` runs on ``x``; the pass stops there."""
+    seen: list[torch.Tensor] = []
+
+    def grab(mod: nn.Module, args: tuple) -> None:
+        seen.append(args[0])
+        raise _Stop
+
+    handle = module.register_forward_pre_hook(grab)
+    try:
+        with suppress(_Stop):
+            model(x)
+    finally:
+        handle.remove()
+    return seen[0]
 
 
 def kstep_loss(dense: list[torch.Tensor], sparse: list[torch.Tensor]) -> torch.Tensor:
@@ -274,13 +282,15 @@ class SNOWS(Method):
         with ctx.timer.phase("select"):
             masks = self.start_masks(model, sparsity, ctx)
         with ctx.timer.phase("collect"):
-            batches = exactly(sample, cfg.samples, cfg.batch_size)
+            batches = [
+                (x.to(ctx.device), y) for x, y in exactly(sample, cfg.samples, cfg.batch_size)
+            ]
         dense = copy.deepcopy(model).eval()
         was_training = model.training
         model.eval()
         params = ctx.prunable(model)
         modules = prunable_modules(model, params)
-        order = execution_order(model, modules, batches[0][0].to(ctx.device))
+        order = execution_order(model, modules, batches[0][0])
         flags = {n: p.requires_grad for n, p in model.named_parameters()}
         for p in model.parameters():
             p.requires_grad_(False)
@@ -325,8 +335,9 @@ class SNOWS(Method):
         mask = mask.to(weight.device)
         device = ctx.device
 
-        with torch.no_grad():  # what the block receives does not depend on this layer
-            inputs = [_block_input(sparse_window, b[0].to(device)) for b in batches]
+        # what the block receives does not depend on this layer (the images, for the network)
+        images = [x for x, _ in batches]
+        inputs = images if not block else [input_of(model, sparse_window.block, x) for x in images]
 
         cached: dict[int, list[torch.Tensor]] = {}
 
@@ -335,15 +346,14 @@ class SNOWS(Method):
             if i in cached:
                 return cached[i]
             with torch.no_grad():
-                x = batches[i][0].to(device)
-                outputs = [t.clone() for t in dense_window.run(x, inputs[i])]
+                outputs = [t.clone() for t in dense_window.run(images[i], inputs[i])]
             size = sum(t.numel() * t.element_size() for t in outputs)
             if (len(cached) + 1) * size <= GOAL_CACHE_BYTES:
                 cached[i] = outputs
             return outputs
 
         def forward(i: int) -> list[torch.Tensor]:
-            return sparse_window.run(batches[i][0].to(device), inputs[i])
+            return sparse_window.run(images[i], inputs[i])
 
         def loss_on(i: int, target: list[torch.Tensor] | None = None) -> float:
             target = goal(i) if target is None else target
@@ -366,34 +376,31 @@ class SNOWS(Method):
         last = len(batches) - 1
         last_goal = goal(last)  # the line search's, always at hand
         kept = mask.bool()
-        for _ in range(cfg.newton_steps):
-            for i in range(len(batches)):
-                weight.requires_grad_(True)
-                loss = kstep_loss(last_goal if i == last else goal(i), forward(i))
-                (gradient,) = torch.autograd.grad(loss, weight, create_graph=True)
-                gradient = gradient * mask
-                step, used = conjugate_gradient(
-                    masked_hvp(gradient, weight, kept),
-                    -gradient[kept].detach(),
-                    cfg.cg_iter,
-                    cfg.cg_tol,
-                    cfg.tikhonov,
-                )
-                cg_total += used
-                direction = torch.zeros_like(weight)
-                direction[kept] = step.detach()
-                slope = float((gradient.detach() * direction).sum())
-                history.append(float(loss.detach()))
-                weight.requires_grad_(False)
-                del gradient, loss
-                self._armijo(weight, direction, slope, lambda: loss_on(last, last_goal))
-                if len(history) > 5 and all(
-                    history[-j] / history[-j - 1] > cfg.stagnation for j in range(1, 6)
-                ):
-                    break
-            else:
-                continue
-            break
+        # newton_steps passes over the batches, one Newton step per batch
+        for i in [i for _ in range(cfg.newton_steps) for i in range(len(batches))]:
+            weight.requires_grad_(True)
+            loss = kstep_loss(last_goal if i == last else goal(i), forward(i))
+            (gradient,) = torch.autograd.grad(loss, weight, create_graph=True)
+            gradient = gradient * mask
+            step, used = conjugate_gradient(
+                masked_hvp(gradient, weight, kept),
+                -gradient[kept].detach(),
+                cfg.cg_iter,
+                cfg.cg_tol,
+                cfg.tikhonov,
+            )
+            cg_total += used
+            direction = torch.zeros_like(weight)
+            direction[kept] = step.detach()
+            slope = float((gradient.detach() * direction).sum())
+            history.append(float(loss.detach()))
+            weight.requires_grad_(False)
+            del gradient, loss
+            self._armijo(weight, direction, slope, lambda: loss_on(last, last_goal))
+            if len(history) > 5 and all(
+                history[-j] / history[-j - 1] > cfg.stagnation for j in range(1, 6)
+            ):
+                break
         facts["kstep_loss"] = total_loss()
         facts["reverted"] = float(facts["kstep_loss"] > facts["kstep_loss_start"])
         if facts["reverted"]:  # steps fitted to single batches can raise the loss on all of them
@@ -437,23 +444,11 @@ class SNOWS(Method):
         g, _, d = weight_rows(module).shape
         xtx = torch.zeros(g, d, d, dtype=torch.float64, device=device)
         xty = torch.zeros_like(xtx)
-        inputs: dict[str, torch.Tensor] = {}
-        hooks = [
-            m.register_forward_pre_hook(lambda mod, args, key=key: inputs.__setitem__(key, args[0]))
-            for key, m in (("sparse", module), ("dense", dense_module))
-        ]
-        try:
-            for x, _ in batches:
-                with torch.no_grad():
-                    model(x.to(device))
-                    dense(x.to(device))
-                xs = input_columns(module, inputs["sparse"]).double()
-                xd = input_columns(module, inputs["dense"]).double()
-                xtx += xs @ xs.transpose(1, 2)
-                xty += xs @ xd.transpose(1, 2)
-        finally:
-            for h in hooks:
-                h.remove()
+        for x, _ in batches:  # each pass stops at the layer
+            xs = input_columns(module, input_of(model, module, x)).double()
+            xd = input_columns(module, input_of(dense, dense_module, x)).double()
+            xtx += xs @ xs.transpose(1, 2)
+            xty += xs @ xd.transpose(1, 2)
         xtx.diagonal(dim1=-2, dim2=-1).add_(
             self.config.warm_damp * xtx.diagonal(dim1=-2, dim2=-1).mean(-1, keepdim=True)
         )
