@@ -86,9 +86,9 @@ class ChannelGroup:
     consumer: nn.Module
     consumer_name: str
     channels: int
-    #: What removing the group's first i channels takes: (weight name, handler, the
+    #: What removing the group's first i channels takes: (weight name, its layer, handler, the
     #: dependent indices, aligned with the root's channels).
-    reach: list[tuple[str, str, list[int]]]
+    reach: list[tuple[str, nn.Module, str, list[int]]]
 
 
 def _out_channels_fn(dg: object, module: nn.Module) -> object:
@@ -121,7 +121,12 @@ def channel_groups(
         consumer = consumers[0] if len(consumers) == 1 else None
         width = getattr(consumer, "in_channels", getattr(consumer, "in_features", None))
         reach = [
-            (name_of[id(dep.target.module)], dep.handler.__name__, [int(i) for i in idxs])
+            (
+                name_of[id(dep.target.module)],
+                dep.target.module,
+                dep.handler.__name__,
+                [int(i) for i in idxs],
+            )
             for dep, idxs in group
             if id(dep.target.module) in name_of
         ]
@@ -129,7 +134,7 @@ def channel_groups(
             consumer is None
             or id(consumer) not in name_of
             or width != channels
-            or any(len(idxs) != channels for _, _, idxs in reach)
+            or any(len(idxs) != channels for *_, idxs in reach)
         ):
             skipped += 1
             continue
@@ -140,11 +145,7 @@ def channel_groups(
 
 
 def channel_counts(
-    groups: list[ChannelGroup],
-    params: dict[str, nn.Parameter],
-    modules: dict[str, nn.Module],
-    sparsity: float,
-    max_ratio: float,
+    groups: list[ChannelGroup], params: dict[str, nn.Parameter], sparsity: float, max_ratio: float
 ) -> list[int]:
     """Channels removed per group: the same share everywhere (capped), the share whose removed
     weights (counted exactly: a layer losing inputs and outputs loses their product) come
@@ -160,8 +161,8 @@ def channel_counts(
     def achieved(removed: tuple[int, ...]) -> float:
         masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
         for group, count in zip(groups, removed, strict=True):
-            for name, handler, idxs in group.reach:
-                mark_removed(masks[name], modules[name], handler, idxs[:count])
+            for name, layer, handler, idxs in group.reach:
+                mark_removed(masks[name], layer, handler, idxs[:count])
         return sparsity_of(masks).sparsity
 
     def gap(share: float) -> float:
@@ -206,8 +207,7 @@ class OSSCAR(Method):
         params = prunable_parameters(work, ctx.scope)
         example = torch.zeros(1, *ctx.input_shape, device=ctx.device)
         dg, groups, skipped = channel_groups(work, params, example)
-        modules = prunable_modules(work, params)
-        counts = channel_counts(groups, params, modules, sparsity, cfg.max_layer_ratio)
+        counts = channel_counts(groups, params, sparsity, cfg.max_layer_ratio)
         with ctx.timer.phase("collect"):
             batches = exactly(sample, cfg.samples, cfg.batch_size)
         plans, layer_info = [], {}
