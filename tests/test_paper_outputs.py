@@ -257,6 +257,79 @@ def test_claims_use_the_default_configuration_or_the_one_a_sweep_ran(swept) -> N
     assert set(rows[rows.method == "chita_u"].run_id) == set(default.run_id)
 
 
+def default_configs(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` relabelled as run with every default setting (claims read only those)."""
+    import json
+
+    from reflow import baselines
+    from reflow.identity import full_config
+    from reflow.repairs import get_repair
+    from reflow.settings import Settings
+
+    out = rows.copy()
+    out["config"] = [
+        json.dumps(full_config(baselines.get_method(m).config, get_repair(r).config, Settings()))
+        for m, r in zip(out.method, out.repair, strict=True)
+    ]
+    return out
+
+
+def augmented_copies(rows: pd.DataFrame, top1: float) -> pd.DataFrame:
+    """``rows`` as if calibrated on augmented images (new run ids, given top-1)."""
+    import json
+
+    out = rows.copy()
+    out["config"] = [json.dumps(json.loads(c) | {"calib_augment": True}) for c in out.config]
+    out["run_id"] = out.run_id + "-augmented"
+    out["top1"] = top1
+    return out
+
+
+def test_each_reading_of_the_calibration_images_gets_its_own_rows(swept) -> None:
+    """Augmented REFLOW rows replace the un-augmented ones under the augmented reading only; rows
+    that read no calibration image serve both; an augmented no-repair row serves neither."""
+    from reflow.report import has_reading, reading_rows
+
+    frame = swept.read()
+    grid = default_configs(frame[(frame.experiment == "grid") & (frame.method == "mp")])
+    augmented = augmented_copies(grid, 0.0)
+    both = pd.concat([grid, augmented])
+    assert not has_reading(grid, "resnet20", "augmented")
+    assert has_reading(both, "resnet20", "augmented")
+    for reading, source in (("un-augmented", grid), ("augmented", augmented)):
+        rows, _ = claim_rows(both, pd.DataFrame(), "resnet20", reading)
+        assert set(rows[rows.repair == "reflow"].run_id) == set(
+            source[source.repair == "reflow"].run_id
+        )
+        assert set(rows[rows.repair == "none"].run_id) == set(grid[grid.repair == "none"].run_id)
+    rows = reading_rows(expand_config(both), "augmented")
+    assert not rows.calib_augment.any() and "-augmented" not in "".join(
+        rows[rows.repair == "none"].run_id
+    )
+    with pytest.raises(ValueError, match="unknown reading"):
+        reading_rows(expand_config(grid), "shifted")
+
+
+def test_report_decides_each_claim_under_both_readings(swept) -> None:
+    """Both outcome columns, and exactly the claims whose verdict differs listed as changed."""
+    from reflow.report import _claims_section
+
+    frame = swept.read()
+    grid = default_configs(frame[frame.experiment == "grid"])
+    both = pd.concat([grid, augmented_copies(grid[grid.repair == "reflow"], 0.0)])
+    probes = swept.read("probes")
+    text = "\n".join(_claims_section(both, probes, {}, "resnet20"))
+    assert "outcome (un-augmented) | outcome (augmented)" in text
+    default = evaluate_claims(both, probes, reading="un-augmented")
+    augmented = evaluate_claims(both, probes, reading="augmented")
+    changed = [a.claim for a, b in zip(default, augmented, strict=True) if a.outcome != b.outcome]
+    assert changed, "REFLOW at 0% top-1 must change some verdict"
+    assert f"Verdicts that the reading changes: {len(changed)} of {len(default)}:" in text
+    assert all(f"- {claim}" in text for claim in changed)
+    alone = "\n".join(_claims_section(grid, probes, {}, "resnet20"))
+    assert "outcome (augmented)" not in alone and "No augmented-calibration rows" in alone
+
+
 def test_every_method_has_its_own_colour_and_marker() -> None:
     """tab10 modulo 10 gave mp and chita_s one colour: the two curves Figs. 6 and 10 compare."""
     from reflow.baselines import list_methods
