@@ -7,6 +7,7 @@ assumed).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -48,6 +49,7 @@ READINGS = {
 }
 
 
+@functools.cache
 def reads_calibration(repair: str, config: str | None) -> bool:
     """Whether a stored row's repair, with its stored options, drew calibration images."""
     if repair not in REPAIRS:
@@ -59,6 +61,14 @@ def reads_calibration(repair: str, config: str | None) -> bool:
     return "calibration" in cls(cls.Config(**options)).needs
 
 
+def _calibration_flags(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per expanded row: whether its repair read calibration images, and whether augmented."""
+    flag = rows["calib_augment"] if "calib_augment" in rows else pd.Series(False, index=rows.index)
+    columns = zip(rows.repair, rows.config, strict=True)
+    calibrated = np.array([reads_calibration(r, c) for r, c in columns], dtype=bool)
+    return calibrated, flag.fillna(False).astype(bool).to_numpy()
+
+
 def reading_rows(rows: pd.DataFrame, reading: str) -> pd.DataFrame:
     """The rows of one reading (`READINGS`) of expanded ``rows``: a repair that reads calibration
     images keeps only the rows calibrated that way (augmented ones then lose the flag, so they
@@ -67,10 +77,7 @@ def reading_rows(rows: pd.DataFrame, reading: str) -> pd.DataFrame:
         raise ValueError(f"unknown reading {reading!r}; one of {', '.join(READINGS)}")
     if rows.empty:
         return rows
-    flag = rows["calib_augment"] if "calib_augment" in rows else pd.Series(False, index=rows.index)
-    augmented = flag.fillna(False).astype(bool).to_numpy()
-    columns = zip(rows.repair, rows.config, strict=True)
-    calibrated = np.array([reads_calibration(r, c) for r, c in columns], dtype=bool)
+    calibrated, augmented = _calibration_flags(rows)
     wanted = reading == "augmented"
     out = rows[(calibrated & (augmented == wanted)) | (~calibrated & ~augmented)].copy()
     if wanted and "calib_augment" in out:
@@ -84,9 +91,8 @@ def has_reading(results: pd.DataFrame, model: str, reading: str) -> bool:
     rows = expand_config(results[results.model == model])
     if rows.empty:
         return False
-    kept = reading_rows(rows, reading)
-    columns = zip(kept.repair, kept.config, strict=True)
-    return any(reads_calibration(r, c) for r, c in columns)
+    calibrated, augmented = _calibration_flags(rows)
+    return bool((calibrated & (augmented == (reading == "augmented"))).any())
 
 
 def claim_rows(
@@ -149,8 +155,7 @@ def _claims_section(
     for reading in readings:
         rows, model_probes = claim_rows(results, probes, model, reading)
         verdicts[reading] = check_claims(Evidence(rows, model_probes, outcomes), model)
-        options = claim_variants(rows)
-        if options and reading == readings[0]:
+        if reading == readings[0] and (options := claim_variants(rows)):
             named = "; ".join(f"{m} with {t}" for m, t in options.items())
             lines += [
                 f"Methods tested with non-default options (as their sweep ran them): {named}.",

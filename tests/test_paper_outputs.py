@@ -219,9 +219,8 @@ def test_cli_sweep_plot_report(tmp_path, capsys) -> None:
     assert pd.io.common.file_exists(str(tmp_path / "rep" / "r.md"))
 
 
-def test_claims_use_the_default_configuration_or_the_one_a_sweep_ran(swept) -> None:
-    """Claims read default rows; a method that ran only with other options (CHITA with 250
-    gradients on MobileNet) is tested with those, and named; setting variants never mix in."""
+def stored_config(method: str, repair: str, options: dict | None = None, **settings) -> str:
+    """The stored full config of a row run with these method options and settings."""
     import json
 
     from reflow import baselines
@@ -229,18 +228,21 @@ def test_claims_use_the_default_configuration_or_the_one_a_sweep_ran(swept) -> N
     from reflow.repairs import get_repair
     from reflow.settings import Settings
 
+    chosen = baselines.get_method(method, options or {}).config
+    return json.dumps(full_config(chosen, get_repair(repair).config, Settings(**settings)))
+
+
+def test_claims_use_the_default_configuration_or_the_one_a_sweep_ran(swept) -> None:
+    """Claims read default rows; a method that ran only with other options (CHITA with 250
+    gradients on MobileNet) is tested with those, and named; setting variants never mix in."""
     frame = swept.read()
     grid = frame[(frame.experiment == "grid") & (frame.method == "mp")]
 
     def rows_of(name: str, options: dict, **settings) -> pd.DataFrame:
         """The grid's mp rows, relabelled as ``name`` run with these options and settings."""
         out = grid.copy()
-        method = baselines.get_method(name, options)
-        configs = {
-            r: json.dumps(full_config(method.config, get_repair(r).config, Settings(**settings)))
-            for r in out.repair.unique()
-        }
-        out["method"], out["config"] = name, out.repair.map(configs)
+        out["config"] = [stored_config(name, r, options, **settings) for r in out.repair]
+        out["method"] = name
         out["run_id"] = out.run_id + f"{name}{options}{settings}"
         return out
 
@@ -259,18 +261,8 @@ def test_claims_use_the_default_configuration_or_the_one_a_sweep_ran(swept) -> N
 
 def default_configs(rows: pd.DataFrame) -> pd.DataFrame:
     """``rows`` relabelled as run with every default setting (claims read only those)."""
-    import json
-
-    from reflow import baselines
-    from reflow.identity import full_config
-    from reflow.repairs import get_repair
-    from reflow.settings import Settings
-
     out = rows.copy()
-    out["config"] = [
-        json.dumps(full_config(baselines.get_method(m).config, get_repair(r).config, Settings()))
-        for m, r in zip(out.method, out.repair, strict=True)
-    ]
+    out["config"] = [stored_config(m, r) for m, r in zip(out.method, out.repair, strict=True)]
     return out
 
 
