@@ -49,12 +49,15 @@ READINGS = {
 }
 
 
-@functools.cache
 def reads_calibration(repair: str, config: str | None) -> bool:
     """Whether a stored row's repair, with its stored options, drew calibration images."""
-    if repair not in REPAIRS:
-        return False
-    cls = REPAIRS.get(repair)
+    return repair in REPAIRS and _reads_calibration(REPAIRS.get(repair), config)
+
+
+@functools.lru_cache(maxsize=4096)
+def _reads_calibration(cls: type, config: str | None) -> bool:
+    """`reads_calibration` for a registered class, cached per (class, stored config): a report
+    asks once per distinct config, and a repair registered later is never answered from cache."""
     stored = json.loads(config).get("repair_config") or {} if isinstance(config, str) else {}
     names = {f.name for f in dataclasses.fields(cls.Config)}
     options = {k: v for k, v in stored.items() if k in names}

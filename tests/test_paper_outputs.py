@@ -122,6 +122,25 @@ def test_shipped_configs_parse() -> None:
         assert load_sweep(path)
 
 
+def test_seed_configs_share_seed_zero_with_their_tables() -> None:
+    """The seed sweeps' seed-0 rows are their paper table's rows (same options, same keys), so
+    a shared results folder computes them once; a drifted option would silently re-run them."""
+    from pathlib import Path
+
+    from reflow.plan import plan
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "paper"
+    for seeds_file, table_files in [
+        ("mobilenet_seeds.toml", ["mobilenet.toml"]),
+        ("table1_seeds.toml", ["table1.toml", "layerwise.toml"]),  # obc, sparsegpt: layerwise
+    ]:
+        seeds = load_sweep(folder / seeds_file)
+        table = [e for name in table_files for e in load_sweep(folder / name)]
+        seed_zero = sum(len(task.rows) for task in plan(seeds, set()).tasks if task.seed == 0)
+        shared = plan(table + seeds, set()).duplicates - plan(table, set()).duplicates
+        assert seed_zero > 0 and shared == seed_zero, seeds_file
+
+
 def test_figures_from_stored_tables_only(swept, tmp_path) -> None:
     written = plot_all(swept.read(), swept.read("probes"), tmp_path)
     for name in (
@@ -241,7 +260,8 @@ def test_claims_use_the_default_configuration_or_the_one_a_sweep_ran(swept) -> N
     def rows_of(name: str, options: dict, **settings) -> pd.DataFrame:
         """The grid's mp rows, relabelled as ``name`` run with these options and settings."""
         out = grid.copy()
-        out["config"] = [stored_config(name, r, options, **settings) for r in out.repair]
+        configs = {r: stored_config(name, r, options, **settings) for r in out.repair.unique()}
+        out["config"] = out.repair.map(configs)
         out["method"] = name
         out["run_id"] = out.run_id + f"{name}{options}{settings}"
         return out
@@ -262,7 +282,9 @@ def test_claims_use_the_default_configuration_or_the_one_a_sweep_ran(swept) -> N
 def default_configs(rows: pd.DataFrame) -> pd.DataFrame:
     """``rows`` relabelled as run with every default setting (claims read only those)."""
     out = rows.copy()
-    out["config"] = [stored_config(m, r) for m, r in zip(out.method, out.repair, strict=True)]
+    pairs = list(zip(out.method, out.repair, strict=True))
+    configs = {pair: stored_config(*pair) for pair in set(pairs)}
+    out["config"] = [configs[pair] for pair in pairs]
     return out
 
 
