@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 from helpers import run_sweep
 
 from reflow.cli import main
 from reflow.errors import ReflowError
+from reflow.plan import plan
 from reflow.plots import layer_order_levels, plot_all
 from reflow.report import claim_rows, claim_variants, evaluate_claims, write_report
 from reflow.results import ResultStore
 from reflow.sweep import load_sweep
 from reflow.tables import accuracy_table, expand_config
+
+#: The repository's root (configs/, benchmarks/).
+ROOT = Path(__file__).resolve().parents[1]
 
 SWEEP = """
 [[experiment]]
@@ -114,9 +120,7 @@ def test_bad_sweep_files(text, message, tmp_path) -> None:
 
 
 def test_shipped_configs_parse() -> None:
-    from pathlib import Path
-
-    configs = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.toml"))
+    configs = sorted((ROOT / "configs").rglob("*.toml"))
     assert configs
     for path in configs:
         assert load_sweep(path)
@@ -125,11 +129,7 @@ def test_shipped_configs_parse() -> None:
 def test_seed_configs_share_seed_zero_with_their_tables() -> None:
     """The seed sweeps' seed-0 rows are their paper table's rows (same options, same keys), so
     a shared results folder computes them once; a drifted option would silently re-run them."""
-    from pathlib import Path
-
-    from reflow.plan import plan
-
-    folder = Path(__file__).resolve().parents[1] / "configs" / "paper"
+    folder = ROOT / "configs" / "paper"
     for seeds_file, table_files in [
         ("mobilenet_seeds.toml", ["mobilenet.toml"]),
         ("table1_seeds.toml", ["table1.toml", "layerwise.toml"]),  # obc, sparsegpt: layerwise
@@ -360,11 +360,8 @@ def test_every_method_has_its_own_colour_and_marker() -> None:
 def test_make_reference_refuses_uncommitted_code(tmp_path, monkeypatch) -> None:
     """148 of the MobileNet reference rows once came from a `+dirty` tree: no more."""
     import sys
-    from pathlib import Path
 
-    from reflow.errors import ReflowError
-
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     sys.modules.pop("make_reference", None)
     import make_reference
 
