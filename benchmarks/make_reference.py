@@ -1,15 +1,19 @@
 """Regenerate the recorded references that the accuracy gates compare against.
 
     REFLOW_HOME=../shared python benchmarks/make_reference.py [--model resnet20] [--runs DIR]
+        [--methods mfac,obc]
 
 One reference per model on cifar10-jpeg (`REFERENCES`): ResNet-20 holds every registered method
 × {none, reflow} × sparsity 0.4–0.9 at default settings; MobileNetV1 holds the rows of
 configs/paper/mobilenet.toml's table experiments (the options stated there) for every registered
 method. Beside each, MODEL-augmented holds the REFLOW rows of the report's claims calibrated on
-augmented train images (the `*-augmented-calibration` experiments of the paper configs). The
+augmented train images (the `*-augmented-calibration` experiments of the paper configs), and
+resnet20-seeds Table 1's eight methods with seeds 0-2 (configs/paper/table1_seeds.toml). The
 script runs the rows not already in --runs (resumable) and writes the columns the gates need to
-benchmarks/reference/MODEL_DATASET[_augmented].csv. Commit that file with the change that moved
-the numbers, and say why in the commit message.
+benchmarks/reference/MODEL_DATASET[_READING].csv. --methods recomputes only those methods' rows
+and keeps every other row of the committed file (a method whose code or numbers moved need not
+rerun the rest). Commit that file with the change that moved the numbers, and say why in the
+commit message.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ COLUMNS = [
     "min_layer_density",
     "top_class_share",
     "hamming_vs_mp",
+    "seed_copy_of",
     "t_select",
     "t_repair",
     "t_evaluate",
@@ -195,30 +200,67 @@ REFERENCES = {
         methods=("mp",),
         reading="augmented",
     ),
+    # Table 1's eight methods with seeds 0, 1 and 2 (configs/paper/table1_seeds.toml; reflow-bench
+    # issue 21): the spread every `reflow table` cell and `reflow report` interval rests on. Its
+    # seed-0 rows are the main reference's; CI reruns MP at 0.7 for each seed.
+    "resnet20-seeds": Reference(
+        "resnet20",
+        sweep_experiments("table1_seeds.toml", "table1-seeds"),
+        ci_sparsities=(0.7,),
+        ci_methods=("mp",),
+        methods=("mp", "wf_u", "mp_u", "mfac", "chita_u", "cbs_u", "obc", "sparsegpt"),
+        reading="seeds",
+    ),
 }
 
 
-def make_reference(reference: Reference, runs: Path, device: str = "auto") -> pd.DataFrame:
+def make_reference(
+    reference: Reference,
+    runs: Path,
+    device: str = "auto",
+    methods: tuple[str, ...] | None = None,
+) -> pd.DataFrame:
     """Run the reference's missing rows into ``runs`` and write its CSV (refused from a tree
     with uncommitted changes, or with rows that such a tree computed: a reference must say
-    which committed code made it)."""
+    which committed code made it). With ``methods``, only their rows are (re)computed and the
+    committed file's other rows are kept as they are."""
     commit = git_commit()
     if commit.endswith("+dirty") or commit == "unknown":
         raise ReflowError(
             f"the checkout is {commit}: commit (or stash) your changes first, so every reference "
             "row names the code that computed it"
         )
+    kept = pd.DataFrame(columns=COLUMNS)
+    if methods:
+        held = set(reference.methods or recorded_methods())
+        unknown = sorted(set(methods) - held)
+        if unknown:
+            raise ReflowError(
+                f"--methods {', '.join(unknown)}: not in the {reference.model} reference "
+                f"{reference.reading or 'main'} (it holds {', '.join(sorted(held))})"
+            )
+        if not reference.path.exists():
+            raise ReflowError(
+                f"--methods refreshes rows of {reference.path}, which does not exist yet: "
+                "make the whole reference first (leave out --methods)"
+            )
+        kept = reference.read()
+        kept = kept[~kept.method.isin(methods)]
+    experiments = reference.subset(SPARSITIES, methods) if methods else reference.experiments()
     store = ResultStore(runs)
-    run_experiments(reference.experiments(), store, env=ExecEnv(device, progress=True))
+    run_experiments(experiments, store, env=ExecEnv(device, progress=True))
     frame = store.read()
-    frame = planned_rows(frame[frame.error.isna()], reference.experiments())
+    frame = planned_rows(frame[frame.error.isna()], experiments)
     dirty = frame[frame.git_commit.str.endswith("+dirty") | (frame.git_commit == "unknown")]
     if len(dirty):
         raise ReflowError(
             f"{len(dirty)} rows in {runs} were computed from uncommitted code "
             f"({dirty.git_commit.iloc[0]}); use a new --runs folder to compute them again"
         )
-    frame = frame.sort_values(["method", "repair", "sparsity"])[COLUMNS]
+    # Refreshed rows take the committed file's columns, so only those rows change in its diff.
+    frame = frame.reindex(columns=kept.columns)
+    frame = pd.concat([kept, frame], ignore_index=True) if len(kept) else frame
+    frame = frame.sort_values(["method", "repair", "sparsity", "seed"])
     reference.path.parent.mkdir(parents=True, exist_ok=True)
     write_csv_atomic(frame, reference.path)
     return frame
@@ -235,10 +277,15 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=Path, default=Path("runs/reference"), help="results folder")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--methods",
+        type=lambda text: tuple(m.strip() for m in text.split(",") if m.strip()),
+        help="comma list: recompute only these methods' rows, keep the file's others",
+    )
     args = parser.parse_args()
     for name in args.model or sorted(REFERENCES):
         reference = REFERENCES[name]
-        frame = make_reference(reference, args.runs, args.device)
+        frame = make_reference(reference, args.runs, args.device, args.methods)
         print(f"wrote {len(frame)} rows to {reference.path}")
 
 

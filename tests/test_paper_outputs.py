@@ -10,10 +10,12 @@ from helpers import run_sweep
 
 from reflow.cli import main
 from reflow.errors import ReflowError
+from reflow.grid import Experiment, Grid
 from reflow.plan import plan
 from reflow.plots import layer_order_levels, plot_all
 from reflow.report import claim_rows, claim_variants, evaluate_claims, write_report
 from reflow.results import ResultStore
+from reflow.settings import Settings
 from reflow.sweep import load_sweep
 from reflow.tables import accuracy_table, expand_config
 
@@ -379,3 +381,44 @@ def test_make_reference_refuses_uncommitted_code(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(make_reference.ResultStore, "read", lambda self: frame)
     with pytest.raises(ReflowError, match=r"1 rows .* uncommitted code"):
         make_reference.make_reference(reference, tmp_path / "runs", "cpu")
+
+
+def test_make_reference_refreshes_only_the_methods_named(tmp_path, monkeypatch) -> None:
+    """--methods recomputes those methods' rows and keeps every other row of the file as it is
+    (a method whose numbers moved does not rerun the whole grid); a method the reference does not
+    hold, or a file not made yet, is refused before anything runs."""
+    import sys
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sys.modules.pop("make_reference", None)
+    import make_reference
+
+    monkeypatch.setattr(make_reference, "HERE", tmp_path)
+    monkeypatch.setattr(make_reference, "git_commit", lambda: "0123456789ab")
+    monkeypatch.setattr("reflow.execute.git_commit", lambda: "0123456789ab")
+    grid = Grid(("resnet20",), ("synthetic",), ("mp", "random"), ("none",), (0.5,), (0,))
+    settings = Settings(calib_batches=2, calib_batch_size=16, probe_samples=100)
+    reference = make_reference.Reference(
+        "resnet20",
+        lambda: [Experiment("ref", grid, (settings,))],
+        ci_sparsities=(0.5,),
+        methods=("mp", "random"),
+        dataset="synthetic",
+    )
+    with pytest.raises(ReflowError, match="does not exist yet"):
+        make_reference.make_reference(reference, tmp_path / "runs", "cpu", ("random",))
+    with pytest.raises(ReflowError, match="--methods obc: not in the resnet20 reference"):
+        make_reference.make_reference(reference, tmp_path / "runs", "cpu", ("obc",))
+    first = make_reference.make_reference(reference, tmp_path / "runs", "cpu")
+    assert sorted(first.method) == ["mp", "random"]
+    # a stale file: both rows edited; only the refreshed method's row is recomputed
+    stale = first.assign(top1=[-1.0, -2.0], extra="kept").drop(columns=["top5"])
+    stale.to_csv(reference.path, index=False)
+    fresh = make_reference.make_reference(reference, tmp_path / "runs", "cpu", ("random",))
+    written = pd.read_csv(reference.path)
+    assert list(written.columns) == list(stale.columns)  # the file's layout, not COLUMNS
+    by_method = written.set_index("method")
+    assert by_method.loc["mp", "top1"] == stale.set_index("method").loc["mp", "top1"]
+    assert by_method.loc["random", "top1"] == first.set_index("method").loc["random", "top1"]
+    assert (written.extra.isna() == (written.method == "random")).all()
+    assert len(fresh) == 2
