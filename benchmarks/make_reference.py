@@ -230,6 +230,7 @@ def make_reference(
             f"the checkout is {commit}: commit (or stash) your changes first, so every reference "
             "row names the code that computed it"
         )
+    methods = methods or None  # an empty list names no refresh: the whole reference
     kept = pd.DataFrame(columns=COLUMNS)
     if methods:
         held = set(reference.methods or recorded_methods())
@@ -246,7 +247,7 @@ def make_reference(
             )
         kept = reference.read()
         kept = kept[~kept.method.isin(methods)]
-    experiments = reference.subset(SPARSITIES, methods) if methods else reference.experiments()
+    experiments = reference.subset(SPARSITIES, methods)
     store = ResultStore(runs)
     run_experiments(experiments, store, env=ExecEnv(device, progress=True))
     frame = store.read()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -359,14 +360,18 @@ def test_every_method_has_its_own_colour_and_marker() -> None:
     assert method_style("not-registered") == method_style("not-registered")
 
 
-def test_make_reference_refuses_uncommitted_code(tmp_path, monkeypatch) -> None:
-    """148 of the MobileNet reference rows once came from a `+dirty` tree: no more."""
-    import sys
-
+@pytest.fixture
+def make_reference(monkeypatch):
+    """benchmarks/make_reference.py, imported afresh (its module state is patched per test)."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    sys.modules.pop("make_reference", None)
+    monkeypatch.delitem(sys.modules, "make_reference", raising=False)
     import make_reference
 
+    return make_reference
+
+
+def test_make_reference_refuses_uncommitted_code(make_reference, tmp_path, monkeypatch) -> None:
+    """148 of the MobileNet reference rows once came from a `+dirty` tree: no more."""
     started = []
     monkeypatch.setattr(make_reference, "run_experiments", lambda *a, **k: started.append(1))
     monkeypatch.setattr(make_reference, "git_commit", lambda: "0123456789ab+dirty")
@@ -383,16 +388,12 @@ def test_make_reference_refuses_uncommitted_code(tmp_path, monkeypatch) -> None:
         make_reference.make_reference(reference, tmp_path / "runs", "cpu")
 
 
-def test_make_reference_refreshes_only_the_methods_named(tmp_path, monkeypatch) -> None:
+def test_make_reference_refreshes_only_the_methods_named(
+    make_reference, tmp_path, monkeypatch
+) -> None:
     """--methods recomputes those methods' rows and keeps every other row of the file as it is
     (a method whose numbers moved does not rerun the whole grid); a method the reference does not
     hold, or a file not made yet, is refused before anything runs."""
-    import sys
-
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    sys.modules.pop("make_reference", None)
-    import make_reference
-
     monkeypatch.setattr(make_reference, "HERE", tmp_path)
     monkeypatch.setattr(make_reference, "git_commit", lambda: "0123456789ab")
     monkeypatch.setattr("reflow.execute.git_commit", lambda: "0123456789ab")
