@@ -8,12 +8,14 @@ One reference per model on cifar10-jpeg (`REFERENCES`): ResNet-20 holds every re
 configs/paper/mobilenet.toml's table experiments (the options stated there) for every registered
 method. Beside each, MODEL-augmented holds the REFLOW rows of the report's claims calibrated on
 augmented train images (the `*-augmented-calibration` experiments of the paper configs), and
-resnet20-seeds Table 1's eight methods with seeds 0-2 (configs/paper/table1_seeds.toml). The
+resnet20-seeds Table 1's eight methods with seeds 0-2 (configs/paper/table1_seeds.toml),
+mobilenet_v1-seeds five MobileNet methods with seeds 0-2 (configs/paper/mobilenet_seeds.toml). The
 script runs the rows not already in --runs (resumable) and writes the columns the gates need to
-benchmarks/reference/MODEL_DATASET[_READING].csv. --methods recomputes only those methods' rows
-and keeps every other row of the committed file (a method whose code or numbers moved need not
-rerun the rest). Commit that file with the change that moved the numbers, and say why in the
-commit message.
+benchmarks/reference/MODEL_DATASET[_READING].csv, and the rows' per-layer variance ratios (the
+collapse evidence) to MODEL_DATASET[_READING]_probes.csv beside it. --methods recomputes only
+those methods' rows and keeps every other row of the committed files (a method whose code or
+numbers moved need not rerun the rest). Commit the files with the change that moved the numbers,
+and say why in the commit message.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from reflow.execute import ExecEnv
 from reflow.grid import Experiment, Grid
 from reflow.plan import planned_rows
 from reflow.provenance import git_commit
-from reflow.results import ResultStore, write_csv_atomic
+from reflow.results import KEY, ResultStore, write_csv_atomic
 from reflow.runner import run_experiments
 from reflow.settings import Settings
 from reflow.sweep import load_sweep
@@ -66,6 +68,9 @@ COLUMNS = [
     "git_commit",
     "config",
 ]
+#: A probe row: its result's key, then one normalisation layer's output variance before and after
+#: pruning (the collapse evidence of the variance claims and plots).
+PROBE_COLUMNS = [*KEY, "layer", "norm_index", "norm_type", "var_dense", "var_pruned", "ratio"]
 
 
 #: Registered methods the references do not hold yet, and why: the gates expect every other one.
@@ -136,8 +141,19 @@ class Reference:
         suffix = f"_{self.reading}" if self.reading else ""
         return HERE / "reference" / f"{self.model}_{self.dataset.replace('-', '')}{suffix}.csv"
 
+    @property
+    def probes_path(self) -> Path:
+        """The probe rows of the reference's rows, beside it (..._probes.csv)."""
+        return self.path.with_name(f"{self.path.stem}_probes.csv")
+
     def read(self) -> pd.DataFrame:
-        return pd.read_csv(self.path)
+        return pd.read_csv(self.path, dtype={"config_hash": str})
+
+    def read_probes(self) -> pd.DataFrame:
+        """The recorded probe rows; empty where the reference was made before they were kept."""
+        if not self.probes_path.exists():
+            return pd.DataFrame(columns=PROBE_COLUMNS)
+        return pd.read_csv(self.probes_path, dtype={"config_hash": str})
 
     def subset(
         self, sparsities: tuple[float, ...], methods: tuple[str, ...] | None
@@ -211,6 +227,16 @@ REFERENCES = {
         methods=("mp", "wf_u", "mp_u", "mfac", "chita_u", "cbs_u", "obc", "sparsegpt"),
         reading="seeds",
     ),
+    # The MobileNet rows whose verdicts turn on small gaps, with seeds 0, 1 and 2
+    # (configs/paper/mobilenet_seeds.toml): its seed-0 rows are the MobileNet reference's.
+    "mobilenet_v1-seeds": Reference(
+        "mobilenet_v1",
+        sweep_experiments("mobilenet_seeds.toml", "mobilenet-seeds"),
+        ci_sparsities=(0.8,),
+        ci_methods=("mp",),
+        methods=("mp", "mp_u", "cbs_u", "mfac", "chita_u"),
+        reading="seeds",
+    ),
 }
 
 
@@ -231,7 +257,7 @@ def make_reference(
             "row names the code that computed it"
         )
     methods = methods or None  # an empty list names no refresh: the whole reference
-    kept = pd.DataFrame(columns=COLUMNS)
+    kept, kept_probes = pd.DataFrame(columns=COLUMNS), pd.DataFrame(columns=PROBE_COLUMNS)
     if methods:
         held = set(reference.methods or recorded_methods())
         unknown = sorted(set(methods) - held)
@@ -245,8 +271,9 @@ def make_reference(
                 f"--methods refreshes rows of {reference.path}, which does not exist yet: "
                 "make the whole reference first (leave out --methods)"
             )
-        kept = reference.read()
+        kept, kept_probes = reference.read(), reference.read_probes()
         kept = kept[~kept.method.isin(methods)]
+        kept_probes = kept_probes[~kept_probes.method.isin(methods)]
     experiments = reference.subset(SPARSITIES, methods)
     store = ResultStore(runs)
     run_experiments(experiments, store, env=ExecEnv(device, progress=True))
@@ -258,13 +285,23 @@ def make_reference(
             f"{len(dirty)} rows in {runs} were computed from uncommitted code "
             f"({dirty.git_commit.iloc[0]}); use a new --runs folder to compute them again"
         )
+    probes = store.read("probes")
+    probes = probes[probes.run_id.isin(frame.run_id)]
     # Refreshed rows take the committed file's columns, so only those rows change in its diff.
-    frame = frame.reindex(columns=kept.columns)
-    frame = pd.concat([kept, frame], ignore_index=True) if len(kept) else frame
-    frame = frame.sort_values(["method", "repair", "sparsity", "seed"])
+    order = ["method", "repair", "sparsity", "seed"]
+    frame = combine(kept, frame.reindex(columns=kept.columns), order)
+    probes = combine(kept_probes, probes.reindex(columns=PROBE_COLUMNS), [*order, "norm_index"])
     reference.path.parent.mkdir(parents=True, exist_ok=True)
     write_csv_atomic(frame, reference.path)
+    if len(probes):
+        write_csv_atomic(probes, reference.probes_path)
     return frame
+
+
+def combine(kept: pd.DataFrame, new: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """The kept rows of a committed file and the (re)computed ones, in the file's order."""
+    frame = pd.concat([kept, new], ignore_index=True) if len(kept) else new
+    return frame.sort_values(order)
 
 
 def main() -> None:

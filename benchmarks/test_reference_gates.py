@@ -11,8 +11,9 @@ option changed value since the reference was recorded (the row identity holds on
 values, so this compares the stored full configs): `python benchmarks/make_reference.py`.
 
 By default the gates run each reference's CI part (ResNet-20: every method at 0.7; MobileNetV1:
-four cheap methods at 0.8; ResNet-20 with seeds: MP at 0.7, seeds 0-2). The MobileNetV1
-reference holds every registered method (OBC at 0.8 only, as its sweep runs it).
+four cheap methods at 0.8; the seeds references: MP at ResNet-20's 0.7 and MobileNetV1's 0.8 for
+seeds 0-2). The MobileNetV1 reference holds every registered method (OBC at 0.8 only, as its
+sweep runs it).
 REFLOW_GATE_SPARSITIES=0.4,0.9 or =all and REFLOW_GATE_METHODS=all (or a comma list) run more.
 """
 
@@ -20,15 +21,19 @@ from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import pytest
 from make_reference import NOT_YET_RECORDED, REFERENCES, SPARSITIES, Reference, recorded_methods
 from reflow.baselines import list_methods
 
+if TYPE_CHECKING:
+    from conftest import GateRows  # benchmarks/conftest.py
+
 pytestmark = [pytest.mark.accuracy, pytest.mark.slow]
 
 TOLERANCE = float(os.environ.get("REFLOW_GATE_TOLERANCE", "0.5"))
+RATIO_TOLERANCE = float(os.environ.get("REFLOW_GATE_RATIO_TOLERANCE", "0.02"))
 _SPARSITIES = os.environ.get("REFLOW_GATE_SPARSITIES")
 _METHODS = os.environ.get("REFLOW_GATE_METHODS")
 
@@ -50,12 +55,11 @@ GATE_SPARSITIES = gate_sparsities(REFERENCES["resnet20"])
 
 
 @pytest.fixture(scope="module", params=sorted(REFERENCES))
-def gated(request, run_rows) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(recorded, measured) rows of one reference's gated part."""
+def gated(request, run_rows) -> tuple[Reference, GateRows]:
+    """A reference and the rows of its gated part, measured now."""
     reference = REFERENCES[request.param]
-    recorded = reference.read()
     experiments = reference.subset(gate_sparsities(reference), gate_methods(reference))
-    return recorded, run_rows(experiments).read()
+    return reference, run_rows(experiments)
 
 
 @pytest.mark.parametrize("model", sorted(REFERENCES))
@@ -73,7 +77,8 @@ def test_reference_and_registry_name_the_same_methods(model) -> None:
 
 
 def test_accuracy_matches_reference(gated) -> None:
-    recorded, measured = gated
+    reference, rows = gated
+    recorded, measured = reference.read(), rows.read()
     assert len(measured), "the gate ran no row"
     failures = []
     for row in measured.itertuples():
@@ -103,6 +108,25 @@ def test_accuracy_matches_reference(gated) -> None:
     assert not failures, "\n".join(failures)
 
 
+def test_variance_ratios_match_reference(gated) -> None:
+    """Each gated row's per-layer output-variance ratios (what the collapse claims and plots
+    rest on) stay within RATIO_TOLERANCE (relative) of the recorded ones, layer by layer."""
+    reference, rows = gated
+    recorded = reference.read_probes()
+    if recorded.empty:
+        pytest.skip(f"{reference.probes_path.name} not recorded yet (make_reference.py writes it)")
+    keys = ["method", "repair", "sparsity", "seed", "config_hash", "norm_index"]
+    both = rows.read("probes").merge(recorded, on=keys, how="left", suffixes=("", "_ref"))
+    assert len(both), "the gate measured no probe row"
+    missing = both[both.ratio_ref.isna()]
+    assert missing.empty, f"measured probes with no recorded row:\n{missing[keys]}"
+    off = both[(both.ratio - both.ratio_ref).abs() > RATIO_TOLERANCE * both.ratio_ref.abs()]
+    assert off.empty, (
+        f"variance ratios moved beyond {RATIO_TOLERANCE:.0%}:\n"
+        + off[[*keys, "layer", "ratio", "ratio_ref"]].to_string()
+    )
+
+
 def changed_defaults(recorded: str, current: str) -> dict:
     """Values present in both full configs that differ (a new option is not a change)."""
 
@@ -119,11 +143,12 @@ def changed_defaults(recorded: str, current: str) -> dict:
     return {k: (a[k], b[k]) for k in a.keys() & b.keys() if a[k] != b[k]}
 
 
-def test_seed_zero_of_the_seeds_reference_is_the_main_reference() -> None:
-    """The seeds reference's seed-0 rows are the main reference's (same configuration, same
-    top-1), so its spread is measured around the numbers Table 1 prints."""
-    seeds = REFERENCES["resnet20-seeds"].read()
-    main = REFERENCES["resnet20"].read()
+@pytest.mark.parametrize("model", ["resnet20", "mobilenet_v1"])
+def test_seed_zero_of_the_seeds_reference_is_the_main_reference(model) -> None:
+    """A seeds reference's seed-0 rows are the model's main reference rows (same configuration,
+    same top-1), so its spread is measured around the numbers the paper tables print."""
+    seeds = REFERENCES[f"{model}-seeds"].read()
+    main = REFERENCES[model].read()
     keys = ["method", "repair", "sparsity", "config_hash"]
     zero = seeds[seeds.seed == 0].merge(main, on=keys, how="left", suffixes=("", "_main"))
     assert len(zero) == len(seeds) // 3, "the seeds reference does not hold seeds 0-2 alike"

@@ -412,10 +412,20 @@ def test_make_reference_refreshes_only_the_methods_named(
         make_reference.make_reference(reference, tmp_path / "runs", "cpu", ("obc",))
     first = make_reference.make_reference(reference, tmp_path / "runs", "cpu")
     assert sorted(first.method) == ["mp", "random"]
+    # the rows' probes beside them: one per normalisation layer, keyed like their row
+    probes = reference.read_probes()
+    assert list(probes.columns) == make_reference.PROBE_COLUMNS
+    assert probes.groupby("method").size().to_dict() == {"mp": 19, "random": 19}  # ResNet-20's BNs
+    keys = ["method", "repair", "sparsity", "seed", "config_hash"]
+    assert len(probes.merge(first[keys], on=keys)) == len(probes)
     # a stale file: both rows edited; only the refreshed method's row is recomputed
     stale = first.assign(top1=[-1.0, -2.0], extra="kept").drop(columns=["top5"])
     stale.to_csv(reference.path, index=False)
+    probes.assign(ratio=-1.0).to_csv(reference.probes_path, index=False)
     fresh = make_reference.make_reference(reference, tmp_path / "runs", "cpu", ("random",))
+    refreshed = reference.read_probes().set_index(["method", "norm_index"]).ratio
+    assert (refreshed["mp"] == -1.0).all()
+    assert (refreshed["random"] == probes.set_index(["method", "norm_index"]).ratio["random"]).all()
     written = pd.read_csv(reference.path)
     assert list(written.columns) == list(stale.columns)  # the file's layout, not COLUMNS
     by_method = written.set_index("method")
