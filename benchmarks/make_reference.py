@@ -34,7 +34,7 @@ from reflow.execute import ExecEnv
 from reflow.grid import Experiment, Grid
 from reflow.plan import planned_rows
 from reflow.provenance import git_commit
-from reflow.results import KEY, ResultStore, write_csv_atomic
+from reflow.results import ResultStore, write_csv_atomic
 from reflow.runner import run_experiments
 from reflow.settings import Settings
 from reflow.sweep import load_sweep
@@ -68,9 +68,12 @@ COLUMNS = [
     "git_commit",
     "config",
 ]
-#: A probe row: its result's key, then one normalisation layer's output variance before and after
-#: pruning (the collapse evidence of the variance claims and plots).
-PROBE_COLUMNS = [*KEY, "layer", "norm_index", "norm_type", "var_dense", "var_pruned", "ratio"]
+#: A probe row: its result's key within the reference (model, checkpoint and dataset are the
+#: file's), then one normalisation layer's output variance before and after pruning (the collapse
+#: evidence of the variance claims and plots), to 6 significant digits (the gate's tolerance is 2%).
+PROBE_KEY = ["method", "repair", "sparsity", "seed", "config_hash", "norm_index"]
+PROBE_COLUMNS = [*PROBE_KEY, "layer", "norm_type", "var_dense", "var_pruned", "ratio"]
+PROBE_VALUES = ["var_dense", "var_pruned", "ratio"]
 
 
 #: Registered methods the references do not hold yet, and why: the gates expect every other one.
@@ -286,11 +289,12 @@ def make_reference(
             f"({dirty.git_commit.iloc[0]}); use a new --runs folder to compute them again"
         )
     probes = store.read("probes")
-    probes = probes[probes.run_id.isin(frame.run_id)]
+    probes = probes[probes.run_id.isin(frame.run_id)].reindex(columns=PROBE_COLUMNS)
+    probes[PROBE_VALUES] = probes[PROBE_VALUES].map(lambda v: float(f"{v:.6g}"))
     # Refreshed rows take the committed file's columns, so only those rows change in its diff.
     order = ["method", "repair", "sparsity", "seed"]
     frame = combine(kept, frame.reindex(columns=kept.columns), order)
-    probes = combine(kept_probes, probes.reindex(columns=PROBE_COLUMNS), [*order, "norm_index"])
+    probes = combine(kept_probes, probes, PROBE_KEY)
     reference.path.parent.mkdir(parents=True, exist_ok=True)
     write_csv_atomic(frame, reference.path)
     if len(probes):

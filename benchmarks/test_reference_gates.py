@@ -24,7 +24,14 @@ import os
 from typing import TYPE_CHECKING
 
 import pytest
-from make_reference import NOT_YET_RECORDED, REFERENCES, SPARSITIES, Reference, recorded_methods
+from make_reference import (
+    NOT_YET_RECORDED,
+    PROBE_KEY,
+    REFERENCES,
+    SPARSITIES,
+    Reference,
+    recorded_methods,
+)
 from reflow.baselines import list_methods
 
 if TYPE_CHECKING:
@@ -115,15 +122,14 @@ def test_variance_ratios_match_reference(gated) -> None:
     recorded = reference.read_probes()
     if recorded.empty:
         pytest.skip(f"{reference.probes_path.name} not recorded yet (make_reference.py writes it)")
-    keys = ["method", "repair", "sparsity", "seed", "config_hash", "norm_index"]
-    both = rows.read("probes").merge(recorded, on=keys, how="left", suffixes=("", "_ref"))
+    both = rows.read("probes").merge(recorded, on=PROBE_KEY, how="left", suffixes=("", "_ref"))
     assert len(both), "the gate measured no probe row"
     missing = both[both.ratio_ref.isna()]
-    assert missing.empty, f"measured probes with no recorded row:\n{missing[keys]}"
+    assert missing.empty, f"measured probes with no recorded row:\n{missing[PROBE_KEY]}"
     off = both[(both.ratio - both.ratio_ref).abs() > RATIO_TOLERANCE * both.ratio_ref.abs()]
     assert off.empty, (
         f"variance ratios moved beyond {RATIO_TOLERANCE:.0%}:\n"
-        + off[[*keys, "layer", "ratio", "ratio_ref"]].to_string()
+        + off[[*PROBE_KEY, "layer", "ratio", "ratio_ref"]].to_string()
     )
 
 
