@@ -9,6 +9,8 @@ computes with 2 threads, unseen by a one-sided gate); refresh such rows with
 when a reference and the registry disagree on the set of methods, or when a default setting or
 option changed value since the reference was recorded (the row identity holds only non-default
 values, so this compares the stored full configs): `python benchmarks/make_reference.py`.
+Where a reference records its rows' probes (`*_probes.csv`), each gated row's per-layer variance
+ratios must stay within REFLOW_GATE_RATIO_TOLERANCE of them (relative; default 0.02).
 
 By default the gates run each reference's CI part (ResNet-20: every method at 0.7; MobileNetV1:
 four cheap methods at 0.8; the seeds references: MP at ResNet-20's 0.7 and MobileNetV1's 0.8 for
