@@ -299,7 +299,9 @@ def make_reference(
     probes = combine(kept_probes, probes, PROBE_KEY)
     reference.path.parent.mkdir(parents=True, exist_ok=True)
     write_csv_atomic(frame, reference.path)
-    if len(probes):
+    # A refresh of a reference made before probes were kept would write a file holding only
+    # the refreshed methods' probes: the gates would take the others' absence for a regression.
+    if len(probes) and (not methods or reference.probes_path.exists()):
         write_csv_atomic(probes, reference.probes_path)
     return frame
 
