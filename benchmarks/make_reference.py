@@ -233,7 +233,7 @@ REFERENCES = {
     # The MobileNet rows whose verdicts turn on small gaps, with seeds 0, 1 and 2
     # (configs/paper/mobilenet_seeds.toml): its seed-0 rows are the MobileNet reference's. M-FAC,
     # the config's fifth method (the benchmark's own comparison, not the paper's), is not recorded
-    # yet: its three seeds cost about an hour of the 2-core CPU on top of the others' 1.7 hours.
+    # yet: its three seeds cost about an hour of the 2-core CPU beyond the others' 93 minutes.
     "mobilenet_v1-seeds": Reference(
         "mobilenet_v1",
         sweep_experiments("mobilenet_seeds.toml", "mobilenet-seeds"),
