@@ -292,7 +292,7 @@ def make_reference(
         )
     probes = store.read("probes")
     probes = probes[probes.run_id.isin(frame.run_id)].reindex(columns=PROBE_COLUMNS)
-    probes[PROBE_VALUES] = probes[PROBE_VALUES].map(lambda v: float(f"{v:.6g}"))
+    probes[PROBE_VALUES] = probes[PROBE_VALUES].apply(lambda c: c.map(lambda v: float(f"{v:.6g}")))
     # Refreshed rows take the committed file's columns, so only those rows change in its diff.
     order = ["method", "repair", "sparsity", "seed"]
     frame = combine(kept, frame.reindex(columns=kept.columns), order)
